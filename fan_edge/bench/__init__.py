@@ -1,0 +1,1 @@
+"""Accuracy and latency measurement: evaluation, benchmark tables and device profiling."""

@@ -1,0 +1,165 @@
+"""Command-line entry points: ``fan-edge`` (info, models, eval) and the per-task commands.
+
+Errors a user can cause are ``FanEdgeError``s and print as one line with a
+non-zero exit; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .errors import FanEdgeError
+
+
+def _model_arg(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    help_text = "registry name (see `fan-edge models`) or checkpoint path (.safetensors, .pth.tar, TorchScript .zip)"
+    if positional:
+        parser.add_argument("model", nargs="?", default="default", help=help_text)
+    else:
+        parser.add_argument("--model", default="default", help=help_text)
+    parser.add_argument("--trust", action="store_true", help="allow TorchScript archives, which run code on loading")
+
+
+def model_summary(name: str, trust: bool = False) -> dict[str, Any]:
+    """Variant, architecture, parameters and MACs (counted by torch's FlopCounterMode)."""
+    from .models import count_macs, count_parameters, create_model, get_entry
+    from .models.factory import _looks_like_path
+
+    model = create_model(name, trust=trust)
+    cfg = model.config
+    trained = True
+    if not _looks_like_path(name):
+        entry = get_entry(name)
+        trained = entry.trained
+    return {
+        "model": name,
+        "stacks": cfg.stacks,
+        "width": cfg.width,
+        "input_size": cfg.input_size,
+        "heatmap_size": cfg.heatmap_size,
+        "num_landmarks": cfg.num_landmarks,
+        "parameters": count_parameters(model),
+        "macs": count_macs(model, cfg.input_size),
+        "trained": trained,
+        "crop": cfg.crop.to_dict(),
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = model_summary(args.model, args.trust)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model        {info['model']}{'' if info['trained'] else '  (untrained)'}")
+    print(f"stacks       {info['stacks']}")
+    print(f"width        {info['width']}")
+    print(f"input        {info['input_size']}x{info['input_size']} RGB [0,1], heatmaps {info['heatmap_size']}x{info['heatmap_size']}")
+    print(f"parameters   {info['parameters']:,}")
+    print(f"MACs         {info['macs'] / 1e9:.3f} G")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import count_parameters, create_model, get_entry, list_models
+
+    rows = []
+    for name in list_models():
+        entry = get_entry(name)
+        card = entry.card()
+        model = create_model(entry.config, weights=False)
+        rows.append(
+            {
+                "model": name,
+                "stacks": entry.config.stacks,
+                "width": entry.config.width,
+                "input_size": entry.config.input_size,
+                "parameters": count_parameters(model),
+                "trained": entry.trained,
+                "description": entry.description,
+                "figures": card.get("figures", {}),
+            }
+        )
+    if args.json:
+        print(json.dumps({"models": rows}, indent=2))
+        return 0
+    header = f"{'model':<16} {'stacks':>6} {'width':>5} {'input':>5} {'params':>11} {'NME io %':>8} {'AUC@7 %':>7}  description"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        figs = r["figures"]
+        nme = f"{figs['nme_io']:.2f}" if "nme_io" in figs else "-"
+        auc = f"{figs['auc7']:.1f}" if "auc7" in figs else "-"
+        print(
+            f"{r['model']:<16} {r['stacks']:>6} {r['width']:>5} {r['input_size']:>5} {r['parameters']:>11,} {nme:>8} {auc:>7}  {r['description']}"
+        )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .bench.evaluate import evaluate_model
+    from .models import create_model
+
+    model = create_model(args.model, trust=args.trust)
+    result = evaluate_model(model, args.data, batch_size=args.batch_size)
+    figures = result.scores.as_percent()
+    if args.json:
+        print(json.dumps({"model": args.model, "data": str(args.data), **figures}, indent=2))
+        return 0
+    print(f"{args.model} on {args.data}: {figures['faces']} faces (boxes from ground-truth landmarks)")
+    print(f"NME inter-ocular {figures['nme_io']:.2f} %   NME box {figures['nme_box']:.2f} %   AUC@7 {figures['auc7']:.1f} %   FR@7 {figures['fr7']:.2f} %")
+    return 0
+
+
+def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except FanEdgeError as exc:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fan-edge", description="FAN face alignment from training to the edge.")
+    parser.add_argument("--version", action="version", version=f"fan-edge {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("info", help="variant, stacks, width, input size, parameters and MACs of a model")
+    _model_arg(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_info)
+
+    p = sub.add_parser("models", help="the registry and each model card's figures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_models)
+
+    p = sub.add_parser("eval", help="landmark accuracy on a folder of images with .pts")
+    _model_arg(p)
+    p.add_argument("--data", required=True, help="folder of images with .pts annotations")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return _run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

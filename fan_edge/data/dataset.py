@@ -1,0 +1,131 @@
+"""A folder of face images with .pts annotations, cropped the way the runtime crops."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..runtime.crop import CropSpec, apply_affine, compose_affine, crop_matrix, warp_image
+from ..runtime.image import to_network_input
+from .augment import AugmentSpec, Photometric, mirror_points, random_similarity
+from .heatmaps import gaussian_heatmaps
+from .images import IMAGE_SUFFIXES, load_image
+from .metrics import landmark_boxes
+from .pts import read_pts
+
+
+@dataclass(frozen=True)
+class FaceItem:
+    image: Path
+    pts: Path | None
+
+
+def scan_folder(root: str | os.PathLike[str], require_points: bool = True) -> list[FaceItem]:
+    """Images under ``root`` (recursively), each paired with the .pts of the same stem."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"{base}: not a folder")
+    items = []
+    for path in sorted(base.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            pts = path.with_suffix(".pts")
+            if pts.is_file():
+                items.append(FaceItem(path, pts))
+            elif not require_points:
+                items.append(FaceItem(path, None))
+    if not items:
+        what = "images with .pts annotations" if require_points else "images"
+        raise DataError(f"{base}: no {what} found")
+    return items
+
+
+class FaceFolder:
+    """Faces of a folder as network inputs, heatmap targets and ground truth.
+
+    Boxes come from the ground-truth landmarks (their enclosing rectangle),
+    the documented evaluation convention; the crop is FAN's, from
+    :mod:`fan_edge.runtime.crop`. With ``augment`` each item is a fresh random
+    draw, reproducible from ``(seed, epoch, index)`` whatever the worker.
+    A torch ``Dataset`` by duck typing: it needs no torch itself.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        input_size: int,
+        crop: CropSpec | None = None,
+        augment: AugmentSpec | None = None,
+        sigma: float = 1.0,
+        seed: int = 0,
+        require_points: bool = True,
+        with_heatmaps: bool = True,
+    ) -> None:
+        self.items = scan_folder(root, require_points)
+        self.input_size = input_size
+        self.crop = crop or CropSpec()
+        self.augment = augment
+        self.sigma = sigma
+        self.seed = seed
+        self.epoch = 0
+        self.with_heatmaps = with_heatmaps
+        self._photometric = Photometric(augment) if augment is not None else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def points(self, index: int) -> np.ndarray:
+        item = self.items[index]
+        if item.pts is None:
+            raise DataError(f"{item.image}: no .pts annotation")
+        return read_pts(item.pts)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        item = self.items[index]
+        image = load_image(item.image)
+        has_points = item.pts is not None
+        points = self.points(index) if has_points else None
+        if points is not None:
+            box = landmark_boxes(points[None])[0]
+        else:
+            h, w = image.shape[:2]
+            box = np.array([0.0, 0.0, w - 1.0, h - 1.0])
+        matrix = crop_matrix(box, self.input_size, self.crop)
+        flipped = False
+        rng = None
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            similarity, flipped = random_similarity(rng, self.input_size, self.augment)
+            matrix = compose_affine(similarity, matrix)
+        crop = warp_image(image, matrix, self.input_size)
+        if self._photometric is not None and rng is not None:
+            crop = self._photometric(crop, int(rng.integers(2**31)))
+        sample: dict[str, np.ndarray] = {
+            "image": to_network_input(crop[None])[0],
+            "matrix": matrix.astype(np.float64),
+            "index": np.int64(index),
+            "has_points": np.bool_(has_points),
+        }
+        k = 68 if points is None else len(points)
+        crop_points = np.zeros((k, 2))
+        if points is not None:
+            crop_points = apply_affine(matrix, points)
+            if flipped:
+                crop_points = mirror_points(crop_points)
+            sample["points"] = points.astype(np.float64)
+        else:
+            sample["points"] = np.full((k, 2), np.nan)
+        sample["crop_points"] = crop_points.astype(np.float64)
+        if self.with_heatmaps:
+            sample["heatmaps"] = (
+                gaussian_heatmaps(crop_points, self.input_size, self.sigma)
+                if points is not None
+                else np.zeros((k, self.input_size // 4, self.input_size // 4), np.float32)
+            )
+        return sample

@@ -1,0 +1,22 @@
+"""Typed errors that the CLI turns into one-line messages.
+
+Every error a user can cause (a bad file, a bad argument, a folder without
+faces) is raised as a subclass of ``FanEdgeError`` so that the CLI can print
+its message without a traceback, while library users can catch it by type.
+"""
+
+
+class FanEdgeError(Exception):
+    """Base class of every error that fan-edge reports to a user."""
+
+
+class CheckpointError(FanEdgeError):
+    """A model file that cannot be loaded into the requested architecture."""
+
+
+class ConfigError(FanEdgeError):
+    """An unknown model name or an impossible model configuration."""
+
+
+class DataError(FanEdgeError):
+    """Bad annotations, images or data folders."""

@@ -1,0 +1,86 @@
+"""The numbers that define one member of the FAN family.
+
+A config is plain data (JSON round-trippable) so that it can travel inside a
+checkpoint, an exported artifact's metadata and a model card alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..runtime.crop import CropSpec
+
+SUPPORTED_INPUT_SIZES = (256, 192, 128)
+RELEASED_WIDTH = 256
+RELEASED_STEM = (64, 128, 128, 256)
+
+
+@dataclass(frozen=True)
+class FANConfig:
+    """Architecture and preprocessing of a FAN variant.
+
+    ``width`` is the hourglass feature width (256 as released). The stem
+    (7x7 conv and three blocks) scales with it, because at small widths an
+    unscaled stem would cost more than the hourglasses themselves; at width
+    256 the stem is exactly the released one.
+    """
+
+    stacks: int = 4
+    width: int = 256
+    input_size: int = 256
+    num_landmarks: int = 68
+    hourglass_depth: int = 4
+    crop: CropSpec = field(default_factory=CropSpec)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.stacks <= 8:
+            raise ConfigError(f"stacks must be between 1 and 8, got {self.stacks}")
+        if self.width < 32 or self.width % 16:
+            raise ConfigError(f"width must be a multiple of 16 and at least 32, got {self.width}")
+        if self.input_size % (4 * 2**self.hourglass_depth):
+            raise ConfigError(
+                f"input_size must be a multiple of {4 * 2**self.hourglass_depth} "
+                f"(hourglass depth {self.hourglass_depth}), got {self.input_size}"
+            )
+        if self.num_landmarks < 1:
+            raise ConfigError(f"num_landmarks must be positive, got {self.num_landmarks}")
+        if isinstance(self.crop, dict):
+            object.__setattr__(self, "crop", CropSpec(**self.crop))
+
+    @property
+    def heatmap_size(self) -> int:
+        """Heatmaps come out at a quarter of the input resolution."""
+        return self.input_size // 4
+
+    @property
+    def stem_channels(self) -> tuple[int, int, int, int]:
+        """Channels after conv1, conv2, conv3 and conv4 (the released 64, 128, 128, 256 at width 256)."""
+        scale = self.width / RELEASED_WIDTH
+        return tuple(int(c * scale) for c in RELEASED_STEM)  # type: ignore[return-value]
+
+    def replace(self, **changes: Any) -> "FANConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FANConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown FAN config keys: {', '.join(unknown)}")
+        values = dict(data)
+        if isinstance(values.get("crop"), dict):
+            values["crop"] = CropSpec.from_dict(values["crop"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"bad FAN config: {exc}") from None

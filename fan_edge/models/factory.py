@@ -1,0 +1,65 @@
+"""``create_model``: one call from a name, a config or a file to a ready FAN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from ..errors import ConfigError
+from .checkpoints import infer_config, load_weights, read_checkpoint
+from .config import FANConfig
+from .fan import FAN
+from .registry import get_entry
+
+
+def _looks_like_path(name: str) -> bool:
+    return Path(name).suffix in {".safetensors", ".pth", ".tar", ".pt", ".zip", ".bin"} or Path(name).is_file()
+
+
+def create_model(
+    name_or_config: str | Path | FANConfig,
+    weights: str | Path | None | Literal[False] = None,
+    *,
+    trust: bool = False,
+    stacks: int | None = None,
+    input_size: int | None = None,
+) -> FAN:
+    """Build a FAN from a registry name, a config, or a checkpoint file.
+
+    ``weights=None`` loads a zoo entry's bundled weights when it has them (and
+    builds an untrained network otherwise); ``weights=False`` always builds an
+    untrained one; a path loads that file. ``stacks`` below the checkpoint's
+    count truncates it: every stack is supervised, so this is an early exit.
+    ``input_size`` overrides the resolution (the weights are resolution-free).
+    """
+    checkpoint = None
+    if isinstance(name_or_config, FANConfig):
+        config = name_or_config
+        bundled = None
+    elif isinstance(name_or_config, Path) or _looks_like_path(str(name_or_config)):
+        checkpoint = read_checkpoint(name_or_config, trust=trust)
+        config = checkpoint.config or infer_config(checkpoint.state_dict)
+        bundled = None
+    else:
+        entry = get_entry(str(name_or_config))
+        config = entry.config
+        bundled = entry.weights_path if entry.trained else None
+    if weights is not None and weights is not False:
+        checkpoint = read_checkpoint(weights, trust=trust)
+    elif weights is None and checkpoint is None and bundled is not None:
+        checkpoint = read_checkpoint(bundled)
+    changes = {}
+    if stacks is not None:
+        if stacks > config.stacks and checkpoint is not None:
+            raise ConfigError(f"cannot grow a {config.stacks}-stack checkpoint to {stacks} stacks")
+        changes["stacks"] = stacks
+    if input_size is not None:
+        changes["input_size"] = input_size
+    if changes:
+        config = config.replace(**changes)
+    model = FAN(config)
+    if checkpoint is not None:
+        load_weights(model, checkpoint.state_dict)
+        model.card = checkpoint.card  # type: ignore[assignment]
+    model.eval()
+    return model

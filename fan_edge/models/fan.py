@@ -1,0 +1,73 @@
+"""The FAN network (Bulat & Tzimiropoulos, ICCV 2017), parameterised along Table 5's axes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import ConvBlock, HourGlass
+from .config import FANConfig
+
+
+class FAN(nn.Module):
+    """Stacked hourglasses producing one set of heatmaps per stack.
+
+    In training mode ``forward`` returns every stack's heatmaps (each is
+    supervised). In eval mode it returns the heatmaps of ``exit_stack``
+    (the last stack unless set lower) and does not compute later stacks:
+    that is the early exit, and the graph that exports.
+    """
+
+    def __init__(self, config: FANConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or FANConfig()
+        cfg = self.config
+        c0, c1, c2, c3 = cfg.stem_channels
+        w, k = cfg.width, cfg.num_landmarks
+        self.conv1 = nn.Conv2d(3, c0, kernel_size=7, stride=2, padding=3)
+        self.bn1 = nn.BatchNorm2d(c0)
+        self.conv2 = ConvBlock(c0, c1)
+        self.conv3 = ConvBlock(c1, c2)
+        self.conv4 = ConvBlock(c2, c3)
+        for i in range(cfg.stacks):
+            self.add_module(f"m{i}", HourGlass(cfg.hourglass_depth, w))
+            self.add_module(f"top_m_{i}", ConvBlock(w, w))
+            self.add_module(f"conv_last{i}", nn.Conv2d(w, w, kernel_size=1))
+            self.add_module(f"bn_end{i}", nn.BatchNorm2d(w))
+            self.add_module(f"l{i}", nn.Conv2d(w, k, kernel_size=1))
+            if i < cfg.stacks - 1:
+                self.add_module(f"bl{i}", nn.Conv2d(w, w, kernel_size=1))
+                self.add_module(f"al{i}", nn.Conv2d(k, w, kernel_size=1))
+        self.exit_stack = cfg.stacks
+
+    def set_exit(self, stack: int) -> "FAN":
+        """Make eval-mode forward stop after ``stack`` (1-based) stacks."""
+        if not 1 <= stack <= self.config.stacks:
+            raise ValueError(f"exit stack must be in 1..{self.config.stacks}, got {stack}")
+        self.exit_stack = stack
+        return self
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.avg_pool2d(self.conv2(x), 2, stride=2)
+        return self.conv4(self.conv3(x))
+
+    def forward_stacks(self, x: torch.Tensor, stacks: int | None = None) -> list[torch.Tensor]:
+        """Heatmaps of the first ``stacks`` stacks (all by default), each (N, K, H/4, W/4)."""
+        n = self.config.stacks if stacks is None else stacks
+        previous = self.stem(x)
+        outputs: list[torch.Tensor] = []
+        for i in range(n):
+            features = self._modules[f"top_m_{i}"](self._modules[f"m{i}"](previous))
+            features = F.relu(self._modules[f"bn_end{i}"](self._modules[f"conv_last{i}"](features)))
+            heatmaps = self._modules[f"l{i}"](features)
+            outputs.append(heatmaps)
+            if i < n - 1:
+                previous = previous + self._modules[f"bl{i}"](features) + self._modules[f"al{i}"](heatmaps)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.training:
+            return self.forward_stacks(x)
+        return self.forward_stacks(x, self.exit_stack)[-1]

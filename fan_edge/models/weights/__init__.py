@@ -1,0 +1,1 @@
+"""Bundled zoo weights (safetensors) and their model cards (JSON)."""

@@ -1,0 +1,147 @@
+"""FAN's crop: the one geometry shared by training, calibration, evaluation and apps.
+
+Coordinates everywhere in fan-edge are 0-based pixel centres: pixel ``(i, j)``
+of an image has its centre at ``x = j, y = i`` (``.pts`` files are 1-based and
+are converted on reading). The crop is a similarity transform from image
+coordinates to crop coordinates, held as a 2x3 matrix, so that augmentation
+can compose its own transform with it and decoding can invert it exactly.
+
+FAN's recipe from a face box ``(x1, y1, x2, y2)``: the centre is the box centre
+moved up by ``center_shift`` times the box height, the crop window is a square
+of side ``window * (w + h) / reference_scale`` image pixels around it, resized
+to the network input. FAN uses 0.12, 200 and 195 for boxes of its detector.
+The window's outer edges (not its pixel centres) map onto the crop's outer
+edges, which is FAN's convention once its 1-based arithmetic is unwound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How a face box becomes a square crop; travels in configs and artifact metadata."""
+
+    reference_scale: float = 195.0
+    center_shift: float = 0.12
+    window: float = 200.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CropSpec":
+        return cls(**{k: float(v) for k, v in data.items()})
+
+
+def box_center_and_side(box: np.ndarray, spec: CropSpec) -> tuple[np.ndarray, float]:
+    """Centre (x, y) and side, in image pixels, of the crop window for one box."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    center = np.array([(x1 + x2) / 2.0, (y1 + y2) / 2.0 - spec.center_shift * h])
+    side = spec.window * (w + h) / spec.reference_scale
+    return center, side
+
+
+def crop_matrix(box: np.ndarray, input_size: int, spec: CropSpec) -> np.ndarray:
+    """2x3 affine taking image coordinates to crop coordinates for one face box."""
+    center, side = box_center_and_side(box, spec)
+    s = input_size / side
+    # u = (x - cx + side/2) * N/side - 0.5 : window edges onto crop edges.
+    return np.array(
+        [
+            [s, 0.0, (side / 2.0 - center[0]) * s - 0.5],
+            [0.0, s, (side / 2.0 - center[1]) * s - 0.5],
+        ]
+    )
+
+
+def crop_matrices(boxes: np.ndarray, input_size: int, spec: CropSpec) -> np.ndarray:
+    """(N, 2, 3) crop matrices for (N, 4) boxes."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack([crop_matrix(b, input_size, spec) for b in boxes]) if len(boxes) else np.zeros((0, 2, 3))
+
+
+def invert_affine(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a 2x3 affine (or a stack of them)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    full = np.zeros(m.shape[:-2] + (3, 3))
+    full[..., :2, :] = m
+    full[..., 2, 2] = 1.0
+    return np.linalg.inv(full)[..., :2, :]
+
+
+def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """The 2x3 affine that applies ``inner`` first, then ``outer``."""
+    a = np.vstack([outer, [0.0, 0.0, 1.0]])
+    b = np.vstack([inner, [0.0, 0.0, 1.0]])
+    return (a @ b)[:2]
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map (..., K, 2) points through a 2x3 matrix (or a matching stack of them)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    p = np.asarray(points, dtype=np.float64)
+    return np.einsum("...ij,...kj->...ki", m[..., :, :2], p) + m[..., None, :, 2]
+
+
+def _halve(image: np.ndarray) -> np.ndarray:
+    """2x2 box average: pixel k of the result covers pixels 2k and 2k+1."""
+    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    img = image[:h, :w]
+    return 0.25 * (img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2])
+
+
+def warp_image(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """Resample ``image`` (H, W, C) through ``matrix`` into a (size, size, C) float32 crop.
+
+    Bilinear with a zero border. When the window is more than twice the crop
+    (a large face or a big photo), the region is first box-averaged by halves
+    so that the crop does not alias; only the window's region is touched, so
+    the cost does not grow with the photo's size.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"expected an (H, W, C) image, got shape {image.shape}")
+    channels = image.shape[2]
+    inv = invert_affine(matrix)
+    corners = apply_affine(inv, np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]]))
+    x0 = max(int(np.floor(corners[:, 0].min())) - 2, 0)
+    y0 = max(int(np.floor(corners[:, 1].min())) - 2, 0)
+    x1 = min(int(np.ceil(corners[:, 0].max())) + 3, image.shape[1])
+    y1 = min(int(np.ceil(corners[:, 1].max())) + 3, image.shape[0])
+    out = np.zeros((size, size, channels), dtype=np.float32)
+    if x1 - x0 < 1 or y1 - y0 < 1 or not np.all(np.isfinite(inv)):
+        return out
+    region = image[y0:y1, x0:x1].astype(np.float32)
+    # crop pixel -> region pixel
+    to_region = inv.copy()
+    to_region[:, 2] -= (x0, y0)
+    spacing = float(np.hypot(inv[0, 0], inv[1, 0]))
+    while spacing >= 2.0 and min(region.shape[:2]) >= 2:
+        region = _halve(region)
+        to_region = to_region / 2.0
+        to_region[:, 2] -= 0.25
+        spacing /= 2.0
+    grid = np.arange(size, dtype=np.float64)
+    xs = to_region[0, 0] * grid[None, :] + to_region[0, 1] * grid[:, None] + to_region[0, 2]
+    ys = to_region[1, 0] * grid[None, :] + to_region[1, 1] * grid[:, None] + to_region[1, 2]
+    h, w = region.shape[:2]
+    xf, yf = np.floor(xs), np.floor(ys)
+    ax = (xs - xf).astype(np.float32)[..., None]
+    ay = (ys - yf).astype(np.float32)[..., None]
+    xi, yi = xf.astype(np.int64), yf.astype(np.int64)
+    padded = np.zeros((h + 2, w + 2, channels), dtype=np.float32)
+    padded[1:-1, 1:-1] = region
+    # Indices into the zero-padded region; anything beyond one pixel outside reads the border.
+    xa = np.clip(xi + 1, 0, w + 1)
+    xb = np.clip(xi + 2, 0, w + 1)
+    ya = np.clip(yi + 1, 0, h + 1)
+    yb = np.clip(yi + 2, 0, h + 1)
+    top = padded[ya, xa] * (1 - ax) + padded[ya, xb] * ax
+    bottom = padded[yb, xa] * (1 - ax) + padded[yb, xb] * ax
+    out[:] = top * (1 - ay) + bottom * ay
+    return out
