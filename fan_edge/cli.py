@@ -161,5 +161,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(build_parser(), argv)
 
 
+def _spec_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
+    """One flag per TrainSpec field, so the CLI and the model cards' recipes cannot drift apart."""
+    import dataclasses
+
+    from .train.spec import TrainSpec
+
+    defaults = TrainSpec()
+    for f in dataclasses.fields(TrainSpec):
+        if f.name == "teacher" and not distill:
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        default = getattr(defaults, f.name)
+        if f.name == "data":
+            parser.add_argument(flag, action="append", required=True, metavar="DIR",
+                                help="folder of images (with .pts, or without for distillation); repeatable")
+            continue
+        if f.name == "teacher":
+            parser.add_argument(flag, required=True, help="teacher checkpoint or registry name (e.g. an official 2DFAN-4 .pth.tar)")
+            continue
+        kind = type(default) if default is not None else (int if f.name == "input_size" else float if f.name in (
+            "reference_scale", "center_shift", "max_minutes") else int if f.name == "max_batches" else str)
+        parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+
+
+def _train_parser(distill: bool) -> argparse.ArgumentParser:
+    prog = "fan-distill" if distill else "fan-train"
+    desc = (
+        "Train a FAN student against a teacher's heatmaps (and ground truth where .pts exist)."
+        if distill
+        else "Train a FAN variant on folders of images with .pts (heatmap loss on every stack)."
+    )
+    parser = argparse.ArgumentParser(prog=prog, description=desc)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start from scratch")
+    _spec_arguments(parser, distill)
+
+    def handler(args: argparse.Namespace) -> int:
+        import dataclasses
+
+        from .train import TrainSpec, train
+
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec) if hasattr(args, f.name)}
+        result = train(TrainSpec(**values), resume=not args.fresh)
+        return 0 if not result["stopped"] else 3
+
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_train_parser(distill=False), argv)
+
+
+def distill_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_train_parser(distill=True), argv)
+
+
 if __name__ == "__main__":
     sys.exit(main())

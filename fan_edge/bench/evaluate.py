@@ -34,7 +34,9 @@ def _batches(dataset: FaceFolder, batch_size: int):
 
 
 @torch.no_grad()
-def predict_dataset(model: FAN, dataset: FaceFolder, batch_size: int = 16, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def predict_dataset(
+    model: FAN, dataset: FaceFolder, batch_size: int = 16, device: str = "cpu", refine: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and ground-truth image-pixel points for every face of ``dataset``."""
     was_training = model.training
     model.eval()
@@ -42,7 +44,7 @@ def predict_dataset(model: FAN, dataset: FaceFolder, batch_size: int = 16, devic
     try:
         for batch in _batches(dataset, batch_size):
             heatmaps = model(batch["image"].to(device)).float().cpu().numpy()
-            crop_pts, _ = decode_heatmaps(heatmaps, dataset.input_size)
+            crop_pts, _ = decode_heatmaps(heatmaps, dataset.input_size, refine or model.config.refine)
             preds.append(crop_points_to_image(crop_pts, batch["matrix"].numpy()))
             gts.append(batch["points"].numpy())
     finally:

@@ -73,6 +73,8 @@ class FaceFolder:
         self.epoch = 0
         self.with_heatmaps = with_heatmaps
         self._photometric = Photometric(augment) if augment is not None else None
+        # Boxes for faces without .pts (e.g. from a teacher or a detector), by item index.
+        self.boxes: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,6 +95,8 @@ class FaceFolder:
         points = self.points(index) if has_points else None
         if points is not None:
             box = landmark_boxes(points[None])[0]
+        elif index in self.boxes:
+            box = np.asarray(self.boxes[index], dtype=np.float64)
         else:
             h, w = image.shape[:2]
             box = np.array([0.0, 0.0, w - 1.0, h - 1.0])

@@ -35,6 +35,7 @@ class FANConfig:
     num_landmarks: int = 68
     hourglass_depth: int = 4
     crop: CropSpec = field(default_factory=CropSpec)
+    refine: str = "quarter"  # heatmap peak refinement, see fan_edge.runtime.decode
 
     def __post_init__(self) -> None:
         if not 1 <= self.stacks <= 8:
@@ -48,6 +49,8 @@ class FANConfig:
             )
         if self.num_landmarks < 1:
             raise ConfigError(f"num_landmarks must be positive, got {self.num_landmarks}")
+        if self.refine not in ("quarter", "gaussian"):
+            raise ConfigError(f"refine must be 'quarter' or 'gaussian', got {self.refine!r}")
         if isinstance(self.crop, dict):
             object.__setattr__(self, "crop", CropSpec(**self.crop))
 

@@ -54,11 +54,57 @@ def argmax_quarter(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords.reshape(*lead, 2), scores.reshape(*lead)
 
 
-def decode_heatmaps(heatmaps: np.ndarray, input_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, K, H, W) heatmaps to (N, K, 2) crop-pixel points and (N, K) scores."""
+def argmax_gaussian(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Peak of each heatmap refined by fitting a Gaussian to the 3-cell neighbourhood on each axis.
+
+    A parabola through the log of the peak and its two neighbours is exact for
+    a Gaussian peak (the shape the network is trained to produce), so this
+    removes the quantisation error that the quarter step only halves; at a
+    32-cell heatmap that error is worth about 1% NME. The step is bounded to
+    half a cell and falls back to no step where the neighbourhood is flat or
+    not positive.
+    """
+    hm = np.asarray(heatmaps, dtype=np.float32)
+    *lead, h, w = hm.shape
+    grid = hm.reshape(-1, h, w)
+    flat = grid.reshape(grid.shape[0], -1)
+    idx = flat.argmax(axis=1)
+    rows = np.arange(flat.shape[0])
+    scores = flat[rows, idx]
+    py, px = np.divmod(idx, w)
+    eps = 1e-10
+
+    def step(centre: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        lc, lb, la = (np.log(np.maximum(v.astype(np.float64), eps)) for v in (centre, before, after))
+        curvature = lb - 2.0 * lc + la
+        valid = (centre > eps) & (curvature < -1e-9)
+        delta = np.where(valid, 0.5 * (lb - la) / np.where(valid, curvature, -1.0), 0.0)
+        return np.clip(delta, -0.5, 0.5)
+
+    xm, xp = np.clip(px - 1, 0, w - 1), np.clip(px + 1, 0, w - 1)
+    ym, yp = np.clip(py - 1, 0, h - 1), np.clip(py + 1, 0, h - 1)
+    centre = grid[rows, py, px]
+    dx = np.where((px > 0) & (px < w - 1), step(centre, grid[rows, py, xm], grid[rows, py, xp]), 0.0)
+    dy = np.where((py > 0) & (py < h - 1), step(centre, grid[rows, ym, px], grid[rows, yp, px]), 0.0)
+    coords = np.stack([px + dx, py + dy], axis=-1)
+    return coords.reshape(*lead, 2), scores.reshape(*lead)
+
+
+REFINEMENTS = {"quarter": argmax_quarter, "gaussian": argmax_gaussian}
+
+
+def decode_heatmaps(heatmaps: np.ndarray, input_size: int, refine: str = "quarter") -> tuple[np.ndarray, np.ndarray]:
+    """(N, K, H, W) heatmaps to (N, K, 2) crop-pixel points and (N, K) scores.
+
+    ``refine`` is ``"quarter"`` (FAN's, what the released weights expect) or
+    ``"gaussian"`` (sub-cell fit; what fan-edge's zoo models are trained for).
+    Each model's config says which, and exported metadata carries it.
+    """
+    if refine not in REFINEMENTS:
+        raise ValueError(f"unknown refinement {refine!r}; expected one of {', '.join(REFINEMENTS)}")
     hm = np.asarray(heatmaps)
     stride = input_size / hm.shape[-1]
-    cells, scores = argmax_quarter(hm)
+    cells, scores = REFINEMENTS[refine](hm)
     return heatmap_to_crop(cells, stride), scores
 
 

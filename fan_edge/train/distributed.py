@@ -1,0 +1,60 @@
+"""Single process or ``torchrun`` data parallel, behind one small object.
+
+Under ``torchrun`` (WORLD_SIZE > 1) the process group uses NCCL on GPUs and
+gloo on CPUs, and the model is wrapped in DistributedDataParallel; otherwise
+everything is a no-op and the model runs as is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@dataclass
+class Distributed:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, requested_device: str = "auto") -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        device = pick_device(requested_device)
+        if world <= 1:
+            return cls(0, 1, device)
+        rank = int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(rank, world, device)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world <= 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,54 @@
+"""Heatmap losses over every stack (intermediate supervision)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error, (N,)."""
+    return ((pred - target) ** 2).flatten(1).mean(dim=1)
+
+
+def adaptive_wing(
+    pred: torch.Tensor, target: torch.Tensor, omega: float = 14.0, theta: float = 0.5, epsilon: float = 1.0, alpha: float = 2.1
+) -> torch.Tensor:
+    """Adaptive Wing loss (Wang et al., ICCV 2019), per-sample mean, (N,).
+
+    It weighs errors near the peak (target close to 1) more than the
+    background, where plain MSE is dominated by the many near-zero pixels.
+    """
+    delta = (target - pred).abs()
+    power = alpha - target
+    a = omega * (1.0 / (1.0 + (theta / epsilon) ** power)) * power * ((theta / epsilon) ** (power - 1.0)) / epsilon
+    c = theta * a - omega * torch.log1p((theta / epsilon) ** power)
+    loss = torch.where(delta < theta, omega * torch.log1p((delta / epsilon) ** power), a * delta - c)
+    return loss.flatten(1).mean(dim=1)
+
+
+LOSSES = {"mse": mse, "awing": adaptive_wing}
+
+
+def stack_weights(stacks: int, kind: str) -> list[float]:
+    """Weights of each stack's loss: equal (the paper) or rising toward the last."""
+    if kind == "equal":
+        return [1.0] * stacks
+    if kind == "last":
+        return [float(i + 1) / stacks for i in range(stacks)]
+    raise ValueError(f"unknown stack weighting {kind!r}")
+
+
+def stacked_loss(
+    outputs: list[torch.Tensor], target: torch.Tensor, kind: str, weights: list[float], mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Weighted sum over stacks of the mean (over masked samples) heatmap loss."""
+    fn = LOSSES[kind]
+    total = outputs[0].new_zeros(())
+    for w, out in zip(weights, outputs):
+        per_sample = fn(out, target)
+        if mask is not None:
+            per_sample = per_sample * mask
+            total = total + w * per_sample.sum() / mask.sum().clamp(min=1.0)
+        else:
+            total = total + w * per_sample.mean()
+    return total

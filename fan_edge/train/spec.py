@@ -1,0 +1,77 @@
+"""Everything that defines a training run, as plain data.
+
+The spec is saved inside every checkpoint and model card: a run resumes with
+exactly the settings it started with, and a card can print the command that
+reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainSpec:
+    model: str = "default"
+    data: list[str] = field(default_factory=list)
+    val: str | None = None
+    out: str = "runs/train"
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw | rmsprop (the paper's)
+    schedule: str = "cosine"  # cosine | step (the paper's)
+    step_epochs: int = 30  # step schedule: lr x0.1 every step_epochs
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.0
+    loss: str = "mse"  # mse (the paper's) | awing (adaptive wing)
+    sigma: float = 1.0  # Gaussian target, heatmap cells
+    stack_weights: str = "equal"  # equal | last (later stacks weigh more)
+    rotation: float = 50.0
+    scale_min: float = 0.8
+    scale_max: float = 1.2
+    shift: float = 0.05
+    flip: float = 0.5
+    color: float = 0.8
+    occlusion: float = 0.3
+    input_size: int | None = None
+    reference_scale: float | None = None
+    center_shift: float | None = None
+    refine: str | None = None
+    teacher: str | None = None
+    distill_weight: float = 0.5  # share of the loss against the teacher's heatmaps
+    seed: int = 0
+    workers: int = 1
+    device: str = "auto"
+    max_minutes: float | None = None  # stop (resumably) after this long
+    max_batches: int | None = None  # stop (resumably) after this many batches in this invocation
+    checkpoint_minutes: float = 5.0
+    val_every: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def command(self) -> str:
+        """The ``fan-train``/``fan-distill`` command line that reproduces this run."""
+        default = TrainSpec()
+        tool = "fan-distill" if self.teacher else "fan-train"
+        parts = [tool, "--model", self.model]
+        for name in ("data",):
+            for d in getattr(self, name):
+                parts += ["--data", d]
+        for f in dataclasses.fields(self):
+            if f.name in ("model", "data", "workers", "device", "max_minutes", "max_batches", "checkpoint_minutes"):
+                continue
+            value = getattr(self, f.name)
+            if value == getattr(default, f.name) or value is None:
+                continue
+            parts += [f"--{f.name.replace('_', '-')}", str(value)]
+        return " ".join(shlex.quote(p) for p in parts)

@@ -1,0 +1,339 @@
+"""The training loop behind ``fan-train`` and ``fan-distill``.
+
+Resumable to the batch: the order of faces in an epoch and every augmentation
+draw are functions of ``(seed, epoch, index)``, so a run restarted from its
+last checkpoint sees exactly the batches it would have seen. Checkpoints and
+the best model are written atomically; one process in a ``torchrun`` group
+(rank 0) writes, validates and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_path, write_text_atomic
+from ..bench.evaluate import evaluate_model
+from ..data.augment import AugmentSpec
+from ..data.dataset import FaceFolder
+from ..errors import ConfigError, DataError
+from ..models import create_model, save_checkpoint
+from ..models.complexity import count_macs, count_parameters
+from ..models.config import FANConfig
+from ..models.fan import FAN
+from .distributed import Distributed
+from .losses import LOSSES, stack_weights, stacked_loss
+from .spec import TrainSpec
+
+LAST = "last.ckpt"
+BEST = "best.safetensors"
+log = logging.getLogger("fan_edge.train")
+
+
+class ConcatFaces(torch.utils.data.Dataset):
+    """Several face folders as one dataset, sharing epoch and seed."""
+
+    def __init__(self, parts: list[FaceFolder]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        part = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        sample = self.parts[part][index - int(self.offsets[part])]
+        sample["index"] = np.int64(index)
+        return sample
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's batches of one epoch: a seeded permutation, dealt round-robin, last partial batch dropped."""
+    order = np.random.default_rng([seed, epoch, 7919]).permutation(n)
+    usable = (n // (batch_size * world)) * batch_size * world
+    mine = order[:usable][rank::world]
+    return [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
+
+
+def _setup_logging(out: Path, is_main: bool) -> None:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    if not is_main:
+        log.addHandler(logging.NullHandler())
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    fh = logging.FileHandler(out / "train.log")
+    fh.setFormatter(fmt)
+    log.addHandler(fh)
+    sh = logging.StreamHandler()
+    sh.setFormatter(fmt)
+    log.addHandler(sh)
+
+
+def build_model(spec: TrainSpec) -> FAN:
+    """The student: a registry variant or a checkpoint, with the spec's preprocessing overrides."""
+    model = create_model(spec.model, input_size=spec.input_size)
+    cfg = model.config
+    crop = cfg.crop
+    if spec.reference_scale is not None or spec.center_shift is not None:
+        crop = type(crop)(
+            reference_scale=spec.reference_scale if spec.reference_scale is not None else crop.reference_scale,
+            center_shift=spec.center_shift if spec.center_shift is not None else crop.center_shift,
+            window=crop.window,
+        )
+    new_cfg = cfg.replace(crop=crop, refine=spec.refine or cfg.refine)
+    if new_cfg != cfg:
+        state = model.state_dict()
+        model = FAN(new_cfg)
+        model.load_state_dict(state)
+    return model
+
+
+def _datasets(spec: TrainSpec, model: FAN, require_points: bool) -> ConcatFaces:
+    if not spec.data:
+        raise DataError("no training data: give at least one --data folder")
+    augment = AugmentSpec(
+        flip=spec.flip,
+        rotation=spec.rotation,
+        scale=(spec.scale_min, spec.scale_max),
+        shift=spec.shift,
+        color=spec.color,
+        occlusion=spec.occlusion,
+    )
+    parts = [
+        FaceFolder(d, model.config.input_size, model.config.crop, augment, spec.sigma, spec.seed, require_points=require_points)
+        for d in spec.data
+    ]
+    return ConcatFaces(parts)
+
+
+def _optimizer(spec: TrainSpec, params: Any) -> torch.optim.Optimizer:
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    raise ConfigError(f"unknown optimizer {spec.optimizer!r}; expected adam, adamw or rmsprop")
+
+
+def lr_factor(spec: TrainSpec, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` epochs into the run (fractional)."""
+    if spec.warmup_epochs > 0 and progress < spec.warmup_epochs:
+        return max(progress / spec.warmup_epochs, 0.01)
+    if spec.schedule == "cosine":
+        span = max(spec.epochs - spec.warmup_epochs, 1e-9)
+        t = min(max((progress - spec.warmup_epochs) / span, 0.0), 1.0)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
+    if spec.schedule == "step":
+        return 0.1 ** int(progress // spec.step_epochs)
+    raise ConfigError(f"unknown schedule {spec.schedule!r}; expected cosine or step")
+
+
+def _card(spec: TrainSpec, model: FAN, figures: dict[str, float], epoch: int) -> dict[str, Any]:
+    return {
+        "recipe": spec.command(),
+        "train_spec": spec.to_dict(),
+        "data": {"train": spec.data, "validation": spec.val, "boxes": "ground-truth landmark boxes"},
+        "seed": spec.seed,
+        "epoch": epoch,
+        "parameters": count_parameters(model),
+        "macs": count_macs(model, model.config.input_size),
+        "figures": figures,
+    }
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _validate(model: FAN, spec: TrainSpec, device: torch.device) -> dict[str, float]:
+    assert spec.val is not None
+    result = evaluate_model(model, spec.val, batch_size=32, device=str(device))
+    return {k: round(v, 4) for k, v in result.scores.as_percent().items()}
+
+
+def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the final summary (best figures, paths)."""
+    dist = Distributed.from_env(spec.device)
+    out = Path(spec.out)
+    _setup_logging(out, dist.is_main)
+    torch.manual_seed(spec.seed)
+    if spec.loss not in LOSSES:
+        raise ConfigError(f"unknown loss {spec.loss!r}; expected one of {', '.join(LOSSES)}")
+
+    last_path = out / LAST
+    state: dict[str, Any] | None = None
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        spec = TrainSpec.from_dict({**state["spec"], "out": spec.out, "workers": spec.workers, "device": spec.device,
+                                    "max_minutes": spec.max_minutes, "max_batches": spec.max_batches, "epochs": max(spec.epochs, state["spec"]["epochs"])})
+        log.info("resuming %s at epoch %d batch %d", last_path, state["epoch"], state["batch"])
+
+    if state is None:
+        model = build_model(spec)
+    else:
+        model = FAN(FANConfig.from_dict(state["config"]))
+        model.load_state_dict(state["model"])
+    teacher: FAN | None = None
+    if spec.teacher:
+        teacher = create_model(spec.teacher).to(dist.device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    model.to(dist.device)
+    model.train()
+    dataset = _datasets(spec, model, require_points=teacher is None)
+    if teacher is not None:
+        _box_unlabeled(dataset, teacher, model, dist.device)
+    net: nn.Module = dist.wrap(model)
+    optimizer = _optimizer(spec, net.parameters())
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    weights = stack_weights(model.config.stacks, spec.stack_weights)
+    start_epoch = state["epoch"] if state else 0
+    start_batch = state["batch"] if state else 0
+    best = state["best"] if state else {}
+    history: list[dict[str, Any]] = state["history"] if state else []
+    if dist.is_main:
+        write_text_atomic(out / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+        log.info("model %s: %d params, %.3f GMACs, %d faces, device %s, world %d",
+                 spec.model, count_parameters(model), count_macs(model, model.config.input_size) / 1e9,
+                 len(dataset), dist.device, dist.world)
+
+    stop = {"flag": False}
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop["flag"] = True
+
+    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if dist.is_main else {}
+    started = time.monotonic()
+    done_batches = 0
+    last_save = time.monotonic()
+
+    def save(epoch: int, batch: int) -> None:
+        if dist.is_main:
+            _save_state(last_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
+                "best": best, "history": history, "spec": spec.to_dict(), "config": model.config.to_dict(),
+            })
+
+    try:
+        for epoch in range(start_epoch, spec.epochs):
+            dataset.set_epoch(epoch)
+            batches = epoch_batches(len(dataset), spec.batch_size, spec.seed, epoch, dist.rank, dist.world)
+            first = start_batch if epoch == start_epoch else 0
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_sampler=batches[first:], num_workers=spec.workers, persistent_workers=False,
+            )
+            net.train()
+            losses: list[float] = []
+            progress = _progress(len(batches), first, epoch, spec.epochs, dist.is_main)
+            for b, batch in enumerate(loader, start=first):
+                for group in optimizer.param_groups:
+                    group["lr"] = spec.lr * lr_factor(spec, epoch + b / max(len(batches), 1))
+                images = batch["image"].to(dist.device, non_blocking=True)
+                target = batch["heatmaps"].to(dist.device, non_blocking=True)
+                outputs = net(images)
+                mask = batch["has_points"].to(dist.device).float()
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = teacher(images)
+                    loss = spec.distill_weight * stacked_loss(outputs, soft, spec.loss, weights)
+                    if mask.sum() > 0:
+                        loss = loss + (1 - spec.distill_weight) * stacked_loss(outputs, target, spec.loss, weights, mask)
+                else:
+                    loss = stacked_loss(outputs, target, spec.loss, weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress.set_postfix(loss=f"{np.mean(losses[-20:]):.5f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                    progress.update(1)
+                done_batches += 1
+                out_of_time = spec.max_minutes is not None and time.monotonic() - started > 60 * spec.max_minutes
+                out_of_batches = spec.max_batches is not None and done_batches >= spec.max_batches
+                if stop["flag"] or out_of_time or out_of_batches:
+                    save(epoch, b + 1)
+                    reason = "signal" if stop["flag"] else ("--max-minutes" if out_of_time else "--max-batches")
+                    log.info("stopped by %s at epoch %d batch %d; resume with the same command", reason, epoch, b + 1)
+                    return {"stopped": True, "epoch": epoch, "best": best, "out": str(out)}
+                if time.monotonic() - last_save > 60 * spec.checkpoint_minutes:
+                    save(epoch, b + 1)
+                    last_save = time.monotonic()
+            if progress is not None:
+                progress.close()
+            entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
+            if dist.is_main and spec.val and ((epoch + 1) % spec.val_every == 0 or epoch + 1 == spec.epochs):
+                figures = _validate(model, spec, dist.device)
+                entry.update(figures)
+                if not best or figures["nme_io"] < best["nme_io"]:
+                    best = dict(figures, epoch=epoch + 1)
+                    save_checkpoint(model, out / BEST, _card(spec, model, figures, epoch + 1))
+            elif dist.is_main and not spec.val:
+                save_checkpoint(model, out / BEST, _card(spec, model, {}, epoch + 1))
+            history.append(entry)
+            if dist.is_main:
+                log.info("epoch %d/%d %s", epoch + 1, spec.epochs,
+                         " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items() if k != "epoch"))
+            save(epoch + 1, 0)
+            last_save = time.monotonic()
+            dist.barrier()
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        dist.close()
+    if dist.is_main:
+        log.info("done: best %s", json.dumps(best))
+    return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out)}
+
+
+def _progress(total: int, first: int, epoch: int, epochs: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                disable=os.environ.get("FAN_EDGE_NO_PROGRESS") == "1")
+
+
+@torch.no_grad()
+def _box_unlabeled(dataset: ConcatFaces, teacher: FAN, student: FAN, device: torch.device) -> None:
+    """Give faces without .pts a box: the teacher's landmarks on the whole image, boxed."""
+    from ..data.metrics import landmark_boxes
+    from ..runtime.crop import crop_matrix, warp_image
+    from ..runtime.decode import crop_points_to_image, decode_heatmaps
+    from ..runtime.image import to_network_input
+    from ..data.images import load_image
+
+    size = teacher.config.input_size
+    for part in dataset.parts:
+        for i, item in enumerate(part.items):
+            if item.pts is not None:
+                continue
+            image = load_image(item.image)
+            h, w = image.shape[:2]
+            side = min(h, w) * teacher.config.crop.reference_scale / (2 * teacher.config.crop.window)
+            box = np.array([(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2])
+            m = crop_matrix(box, size, teacher.config.crop)
+            x = torch.from_numpy(to_network_input(warp_image(image, m, size)[None])).to(device)
+            pts, _ = decode_heatmaps(teacher(x).float().cpu().numpy(), size, teacher.config.refine)
+            part.boxes[i] = landmark_boxes(crop_points_to_image(pts, m[None]))[0]
