@@ -13,6 +13,7 @@ Formats, told apart by content rather than by name:
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from torch import nn
 
 from .. import __version__
 from ..atomic import atomic_path, write_text_atomic
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .config import FANConfig
 
 CONFIG_METADATA_KEY = "fan_edge_config"
@@ -85,10 +86,29 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
+    except pickle.UnpicklingError as exc:
+        # weights_only refused something that is not a tensor container: a class, a function, a payload.
+        what = _refused_global(str(exc))
+        raise CheckpointError(
+            f"{p}: refused to load: the file holds {what}, not just tensors (it was not executed)"
+        ) from None
     except Exception as exc:  # every reader has its own error types; the user needs one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {first[:300]})") from None
+        raise CheckpointError(f"{p}: not a readable checkpoint (truncated, corrupt or another format: {_one_line(exc)})") from None
     return Checkpoint(_unwrap(obj, p), source=str(p))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = _ANSI.sub("", str(exc)).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+def _refused_global(message: str) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", _ANSI.sub("", message))
+    return f"the Python object {found.group(1)}" if found else "Python objects"
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
@@ -98,14 +118,19 @@ def _read_safetensors(path: Path) -> Checkpoint:
         metadata = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
     config = None
-    if CONFIG_METADATA_KEY in metadata:
-        config = FANConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-    card: dict[str, Any] = {}
-    card_path = path.with_suffix(".json")
-    if card_path.is_file():
-        card = json.loads(card_path.read_text())
-        if config is None and "config" in card:
-            config = FANConfig.from_dict(card["config"])
+    try:
+        if CONFIG_METADATA_KEY in metadata:
+            config = FANConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        card: dict[str, Any] = {}
+        card_path = path.with_suffix(".json")
+        if card_path.is_file() and card_path.stat().st_size < (1 << 20):
+            card = json.loads(card_path.read_text())
+            if not isinstance(card, dict):
+                raise ValueError("model card is not a JSON object")
+            if config is None and isinstance(card.get("config"), dict):
+                config = FANConfig.from_dict(card["config"])
+    except (ValueError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: bad fan-edge metadata ({exc})") from None
     return Checkpoint(state, config, card, str(path))
 
 
@@ -118,7 +143,10 @@ def infer_config(state_dict: dict[str, torch.Tensor], input_size: int = 256) -> 
         depth = max(int(k.split(".")[1][3:]) for k in state_dict if k.startswith("m0.b1_"))
     except (ValueError, KeyError, IndexError):
         raise CheckpointError("weights do not look like a FAN (no m0/conv_last0/l0 keys)") from None
-    return FANConfig(stacks=stacks, width=width, input_size=input_size, num_landmarks=landmarks, hourglass_depth=depth)
+    try:
+        return FANConfig(stacks=stacks, width=width, input_size=input_size, num_landmarks=landmarks, hourglass_depth=depth)
+    except ConfigError as exc:
+        raise CheckpointError(f"weights are not a supported FAN: {exc}") from None
 
 
 def _truncate(state_dict: dict[str, torch.Tensor], stacks: int) -> dict[str, torch.Tensor]:
@@ -144,7 +172,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        f"{k} is {tuple(state_dict[k].shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
         for k in expected
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     ]

@@ -38,6 +38,14 @@ class FANConfig:
     refine: str = "quarter"  # heatmap peak refinement, see fan_edge.runtime.decode
 
     def __post_init__(self) -> None:
+        for name in ("stacks", "width", "input_size", "num_landmarks", "hourglass_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if not 1 <= self.hourglass_depth <= 6:
+            raise ConfigError(f"hourglass_depth must be between 1 and 6, got {self.hourglass_depth}")
+        if self.input_size <= 0:
+            raise ConfigError(f"input_size must be positive, got {self.input_size}")
         if not 1 <= self.stacks <= 8:
             raise ConfigError(f"stacks must be between 1 and 8, got {self.stacks}")
         if self.width < 32 or self.width % 16:
@@ -52,7 +60,12 @@ class FANConfig:
         if self.refine not in ("quarter", "gaussian"):
             raise ConfigError(f"refine must be 'quarter' or 'gaussian', got {self.refine!r}")
         if isinstance(self.crop, dict):
-            object.__setattr__(self, "crop", CropSpec(**self.crop))
+            try:
+                object.__setattr__(self, "crop", CropSpec.from_dict(self.crop))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if not isinstance(self.crop, CropSpec):
+            raise ConfigError(f"crop must be a CropSpec or a dict, got {type(self.crop).__name__}")
 
     @property
     def heatmap_size(self) -> int:
@@ -80,10 +93,7 @@ class FANConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown FAN config keys: {', '.join(unknown)}")
-        values = dict(data)
-        if isinstance(values.get("crop"), dict):
-            values["crop"] = CropSpec.from_dict(values["crop"])
         try:
-            return cls(**values)
-        except TypeError as exc:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad FAN config: {exc}") from None

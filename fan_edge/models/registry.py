@@ -55,7 +55,7 @@ class ModelEntry:
 
 def config_from_name(name: str) -> FANConfig:
     """Parse ``fan{stacks}[-w{width}][-i{input}]`` into a config."""
-    match = _NAME.match(name)
+    match = _NAME.fullmatch(name)
     if not match:
         raise ConfigError(f"unknown model name {name!r}; expected e.g. fan4, fan2-w128, fan1-w64-i128, or one of: {', '.join(list_models())}")
     return FANConfig(

@@ -33,9 +33,28 @@ class CropSpec:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def __post_init__(self) -> None:
+        for name in ("reference_scale", "center_shift", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) == float("inf"):
+                raise ValueError(f"crop {name} must be a finite number, got {value!r}")
+        if self.reference_scale <= 0 or self.window <= 0:
+            raise ValueError("crop reference_scale and window must be positive")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CropSpec":
-        return cls(**{k: float(v) for k, v in data.items()})
+        """Build from metadata written by another tool: unknown keys and non-numbers are errors."""
+        if not isinstance(data, dict):
+            raise ValueError(f"crop spec must be a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"reference_scale", "center_shift", "window"})
+        if unknown:
+            raise ValueError(f"unknown crop keys: {', '.join(map(str, unknown))}")
+        values = {}
+        for k, v in data.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"crop {k} must be a number, got {v!r}")
+            values[k] = float(v)
+        return cls(**values)
 
 
 def box_center_and_side(box: np.ndarray, spec: CropSpec) -> tuple[np.ndarray, float]:

@@ -1,0 +1,517 @@
+"""Checkpoint formats: released state dicts, TorchScript, fan-edge's own; truncation; errors; safety."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shlex
+
+import pytest
+import torch
+
+from fan_edge.errors import CheckpointError, ConfigError
+from fan_edge.models import (
+    FAN,
+    FANConfig,
+    create_model,
+    infer_config,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+torch.set_num_threads(2)
+
+SMALL = "fan2-w32-i128"
+
+
+def randomize(model: FAN, seed: int) -> FAN:
+    """Give every tensor (BN running statistics included) a seeded random value.
+
+    Default BN statistics (mean 0, var 1) would hide a loader that dropped
+    them, so they are randomised too; values stay moderate so the deep stack
+    keeps finite outputs.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if not value.is_floating_point():
+                continue
+            if key.endswith("running_var"):
+                value.copy_(torch.rand(value.shape, generator=g) + 0.5)
+            elif key.endswith("running_mean") or key.endswith(".bias"):
+                value.copy_(torch.randn(value.shape, generator=g) * 0.1)
+            elif value.dim() == 1:  # BN weight
+                value.copy_(torch.rand(value.shape, generator=g) + 0.5)
+            else:  # conv weights: keep kaiming-like scale
+                fan_in = value[0].numel()
+                value.copy_(torch.randn(value.shape, generator=g) * (1.0 / fan_in) ** 0.5)
+    return model.eval()
+
+
+def random_model(name: str, seed: int = 0) -> FAN:
+    return randomize(create_model(name), seed)
+
+
+def image(size: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def run(model: FAN, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def assert_same_weights(a: FAN, b: FAN, skip_counters: bool = False) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        if skip_counters and k.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
+    message = str(excinfo.value)
+    assert message.strip(), "empty error message"
+    assert "\n" not in message.strip(), f"error message is not one line: {message!r}"
+    return message
+
+
+# --- fixtures ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fan4_reference(tmp_path_factory):
+    """A random fan4, its released-layout .pth.tar, an input and the reference output."""
+    model = random_model("fan4", seed=4)
+    path = tmp_path_factory.mktemp("fan4") / "2DFAN4-random.pth.tar"
+    torch.save(model.state_dict(), path)
+    x = image(256)
+    out = run(model, x)
+    assert torch.isfinite(out).all() and out.abs().max() > 0
+    return model, path, x, out
+
+
+@pytest.fixture(scope="module")
+def small_reference():
+    model = random_model(SMALL, seed=2)
+    x = image(128)
+    return model, x, run(model, x)
+
+
+# --- 4. the released layout (.pth.tar, plain state dict) ------------------------------
+
+
+def test_fan4_pth_tar_round_trip_by_path(fan4_reference):
+    model, path, x, out = fan4_reference
+    loaded = create_model(path)
+    assert loaded.config == FANConfig()
+    assert not loaded.training
+    assert_same_weights(model, loaded)
+    assert torch.equal(run(loaded, x), out)
+
+
+def test_fan4_pth_tar_round_trip_by_name_and_weights(fan4_reference):
+    model, path, x, out = fan4_reference
+    loaded = create_model("fan4", weights=str(path))
+    assert_same_weights(model, loaded)
+    assert torch.equal(run(loaded, x), out)
+
+
+def test_fan4_without_num_batches_tracked(fan4_reference, tmp_path):
+    model, _, x, out = fan4_reference
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(state) == 1129 - 184  # 1,129 tensors, 184 of them counters
+    path = tmp_path / "no_counters.pth.tar"
+    torch.save(state, path)
+    loaded = create_model(path)
+    assert loaded.config == FANConfig()
+    assert_same_weights(model, loaded, skip_counters=True)
+    assert torch.equal(run(loaded, x), out)
+
+
+def test_fan4_official_layout_from_listing(fixtures_dir, require_shared, tmp_path):
+    """A file built from the official key/shape/dtype listing loads strictly and infers fan4."""
+    listing = require_shared(fixtures_dir / "official_2dfan4_state_dict.tsv", "official 2DFAN-4 listing", is_file=True)
+    state = {}
+    for line in listing.read_text().splitlines():
+        if not line.strip():
+            continue
+        key, shape, dtype = line.split("\t")
+        dims = tuple(int(d) for d in shape.strip("() ").split(",") if d.strip())
+        state[key] = torch.full(dims, 0.5, dtype=getattr(torch, dtype.strip().removeprefix("torch.")))
+    path = tmp_path / "2DFAN4-11f355bf06.pth.tar"
+    torch.save(state, path)
+    model = create_model(path)
+    assert model.config == FANConfig()
+    assert torch.equal(model.state_dict()["m3.b3_1.conv3.weight"], state["m3.b3_1.conv3.weight"])
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        pytest.param(lambda sd: {"state_dict": {"module." + k: v for k, v in sd.items()}}, id="state_dict+module"),
+        pytest.param(lambda sd: {"module." + k: v for k, v in sd.items()}, id="module"),
+        pytest.param(lambda sd: {"model": sd, "epoch": 3}, id="model+epoch"),
+        pytest.param(lambda sd: {"model_state_dict": sd, "optimizer": {"lr": 1e-3}}, id="model_state_dict"),
+    ],
+)
+def test_wrapped_state_dicts_load(small_reference, tmp_path, wrap):
+    model, x, out = small_reference
+    path = tmp_path / "wrapped.pth"
+    torch.save(wrap(model.state_dict()), path)
+    loaded = create_model(path)
+    assert loaded.config.stacks == 2 and loaded.config.width == 32
+    assert_same_weights(model, loaded)
+    assert torch.equal(run(loaded, x), out)
+    again = create_model(SMALL, weights=path)
+    assert torch.equal(run(again, x), out)
+
+
+def test_legacy_torch_save_format(small_reference, tmp_path):
+    model, x, out = small_reference
+    path = tmp_path / "legacy.pth.tar"
+    torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+    assert torch.equal(run(create_model(SMALL, weights=path), x), out)
+
+
+# --- 4. TorchScript archives ------------------------------------------------------------
+
+
+quiet_jit = pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def torchscript_archive(small_reference, tmp_path_factory):
+    model, x, out = small_reference
+    path = tmp_path_factory.mktemp("ts") / "2DFAN2-small.zip"
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x, check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+@quiet_jit
+def test_torchscript_loads_with_trust(small_reference, torchscript_archive):
+    model, x, out = small_reference
+    loaded = create_model(torchscript_archive, trust=True)
+    assert loaded.config.stacks == 2 and loaded.config.width == 32
+    assert_same_weights(model, loaded)
+    assert torch.equal(run(loaded, x), out)
+    by_name = create_model(SMALL, weights=torchscript_archive, trust=True)
+    assert torch.equal(run(by_name, x), out)
+
+
+@quiet_jit
+def test_torchscript_archive_itself_matches(small_reference, torchscript_archive):
+    model, x, out = small_reference
+    scripted = torch.jit.load(str(torchscript_archive))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), out, rtol=1e-5, atol=1e-6)
+
+
+@quiet_jit
+def test_torchscript_without_trust_is_refused(torchscript_archive):
+    for call in (
+        lambda: create_model(torchscript_archive),
+        lambda: create_model(SMALL, weights=torchscript_archive),
+        lambda: read_checkpoint(torchscript_archive),
+    ):
+        with pytest.raises(CheckpointError) as excinfo:
+            call()
+        message = one_line_error(excinfo)
+        assert "trust" in message.lower()
+
+
+# --- 4. fan-edge's own format ------------------------------------------------------------
+
+
+def test_fan_edge_format_round_trip(small_reference, tmp_path):
+    model, x, out = small_reference
+    written = save_checkpoint(model, tmp_path / "small.safetensors", card={"note": "unit test"})
+    assert written == tmp_path / "small.safetensors"
+    assert written.is_file() and written.with_suffix(".json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "temporary files left behind"
+    loaded = create_model(written)
+    assert loaded.config == model.config
+    assert loaded.config.input_size == 128
+    assert loaded.card.get("note") == "unit test"
+    assert_same_weights(model, loaded)
+    assert torch.equal(run(loaded, x), out)
+    checkpoint = read_checkpoint(written)
+    assert checkpoint.config == model.config
+    assert checkpoint.card["config"] == model.config.to_dict()
+
+
+def test_fan_edge_format_config_survives_without_card(small_reference, tmp_path):
+    model, x, out = small_reference
+    written = save_checkpoint(model, tmp_path / "small.safetensors")
+    written.with_suffix(".json").unlink()
+    loaded = create_model(written)
+    assert loaded.config == model.config
+    assert torch.equal(run(loaded, x), out)
+
+
+def test_fan_edge_format_non_default_config(tmp_path):
+    cfg = FANConfig(stacks=1, width=48, input_size=192, num_landmarks=5)
+    model = randomize(create_model(cfg), seed=7)
+    written = save_checkpoint(model, tmp_path / "odd")
+    assert written.suffix == ".safetensors"
+    written.with_suffix(".json").unlink()
+    assert create_model(written).config == cfg
+
+
+def test_foreign_safetensors_infers_config(small_reference, tmp_path):
+    """A safetensors file without fan-edge metadata still loads (config from the weights)."""
+    from safetensors.torch import save_file
+
+    model, x, out = small_reference
+    path = tmp_path / "foreign.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    loaded = create_model(path)
+    assert (loaded.config.stacks, loaded.config.width) == (2, 32)
+    assert torch.equal(run(loaded, x), out)
+
+
+def test_infer_config():
+    cfg = infer_config(create_model("fan3-w64-i128").state_dict(), input_size=128)
+    assert cfg == FANConfig(stacks=3, width=64, input_size=128)
+    with pytest.raises(CheckpointError):
+        infer_config({"conv1.weight": torch.zeros(1)})
+
+
+# --- 5. truncation (early exit) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def four_stack_narrow(tmp_path_factory):
+    model = random_model("fan4-w32-i128", seed=5)
+    folder = tmp_path_factory.mktemp("four")
+    pth = folder / "fan4-w32.pth.tar"
+    torch.save(model.state_dict(), pth)
+    own = save_checkpoint(model, folder / "fan4-w32.safetensors")
+    x = image(128, seed=3)
+    with torch.no_grad():
+        stacks = model.forward_stacks(x)
+    return model, pth, own, x, stacks
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_truncated_load_equals_early_stack(four_stack_narrow, fmt):
+    model, pth, own, x, stacks = four_stack_narrow
+    path = pth if fmt == "pth" else own
+    two = create_model(path, stacks=2)
+    assert two.config.stacks == 2
+    assert not any(k.startswith(("m2.", "m3.", "bl1.", "al1.")) for k in two.state_dict())
+    assert torch.equal(run(two, x), stacks[1])
+    assert not torch.equal(stacks[1], stacks[3])
+
+
+def test_truncated_load_by_name(four_stack_narrow):
+    model, pth, own, x, stacks = four_stack_narrow
+    one = create_model("fan1-w32-i128", weights=pth)
+    assert torch.equal(run(one, x), stacks[0])
+
+
+def test_cannot_grow_stacks(four_stack_narrow):
+    _, pth, _, _, _ = four_stack_narrow
+    with pytest.raises(ConfigError):
+        create_model(pth, stacks=5)
+
+
+# --- 6. mismatch and broken-file errors -----------------------------------------------------
+
+
+def test_width_mismatch_names_first_key_and_shapes(tmp_path):
+    path = tmp_path / "w64.pth.tar"
+    torch.save(create_model("fan1-w64-i128").state_dict(), path)
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model("fan1-w32-i128", weights=path)
+    message = one_line_error(excinfo)
+    # conv1.weight is the first tensor of the model; w64 stem has 16 channels, w32 has 8
+    assert "conv1.weight" in message
+    assert "(16, 3, 7, 7)" in message and "(8, 3, 7, 7)" in message
+
+
+def test_extra_key_is_named(small_reference, tmp_path):
+    model, _, _ = small_reference
+    state = dict(model.state_dict())
+    state["head.extra.weight"] = torch.zeros(3)
+    path = tmp_path / "extra.pth"
+    torch.save(state, path)
+    for call in (lambda: create_model(path), lambda: create_model(SMALL, weights=path)):
+        with pytest.raises(CheckpointError) as excinfo:
+            call()
+        assert "head.extra.weight" in one_line_error(excinfo)
+
+
+def test_missing_key_is_named(small_reference, tmp_path):
+    model, _, _ = small_reference
+    state = dict(model.state_dict())
+    del state["conv1.bias"]
+    del state["l1.bias"]
+    path = tmp_path / "missing.pth"
+    torch.save(state, path)
+    for call in (lambda: create_model(path), lambda: create_model(SMALL, weights=path)):
+        with pytest.raises(CheckpointError) as excinfo:
+            call()
+        message = one_line_error(excinfo)
+        assert "missing" in message and "conv1.bias" in message and "l1.bias" in message
+        assert message.index("conv1.bias") < message.index("l1.bias"), "the first offending key comes first"
+
+
+def test_many_missing_keys_stay_one_line(small_reference, tmp_path):
+    model, _, _ = small_reference
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("m1.")}
+    path = tmp_path / "no_m1.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(SMALL, weights=path)
+    message = one_line_error(excinfo)
+    assert "m1." in message and "more" in message
+    assert len(message) < 1000
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pth.tar"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(path)
+    one_line_error(excinfo)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "legacy"])
+def test_truncated_file(small_reference, tmp_path, fmt):
+    model, _, _ = small_reference
+    whole = tmp_path / f"whole.{fmt}"
+    if fmt == "safetensors":
+        save_checkpoint(model, whole.with_suffix(".safetensors"))
+        whole = whole.with_suffix(".safetensors")
+        whole.with_suffix(".json").unlink()
+    else:
+        torch.save(model.state_dict(), whole, _use_new_zipfile_serialization=(fmt == "pth"))
+    data = whole.read_bytes()
+    half = tmp_path / f"half{whole.suffix}" if fmt == "safetensors" else tmp_path / "half.pth.tar"
+    half.write_bytes(data[: len(data) // 2])
+    for call in (lambda: create_model(half), lambda: create_model(SMALL, weights=half)):
+        with pytest.raises(CheckpointError) as excinfo:
+            call()
+        one_line_error(excinfo)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "this is not a checkpoint\nsecond line\n",
+        "version: 1\nn_points: 68\n{\n1 2\n}\n",
+        '{"stacks": 4, "width": 256}\n',
+        "12345678{ not json",
+    ],
+)
+def test_text_file(tmp_path, text):
+    path = tmp_path / "notes.pth"
+    path.write_text(text)
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(path)
+    one_line_error(excinfo)
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(SMALL, weights=path)
+    one_line_error(excinfo)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(tmp_path / "nowhere.pth.tar")
+    one_line_error(excinfo)
+    with pytest.raises(CheckpointError):
+        create_model("fan4", weights=tmp_path / "nowhere.pth.tar")
+
+
+@pytest.mark.parametrize("payload", [[1, 2, 3], {}, {"a": 1}, torch.zeros(3)], ids=["list", "empty", "ints", "tensor"])
+def test_not_a_state_dict(tmp_path, payload):
+    path = tmp_path / "odd.pth"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(path)
+    one_line_error(excinfo)
+
+
+def test_pickled_whole_module_is_refused(tmp_path):
+    """``torch.save(model)`` pickles classes; reading it would import and run code, so it is refused."""
+    path = tmp_path / "whole_module.pth"
+    torch.save(create_model("fan1-w32-i128"), path)
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(path)
+    one_line_error(excinfo)
+
+
+def test_corrupt_card_is_a_checkpoint_error(small_reference, tmp_path):
+    model, _, _ = small_reference
+    written = save_checkpoint(model, tmp_path / "small.safetensors")
+    written.with_suffix(".json").write_text("{ not json")
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(written)
+    one_line_error(excinfo)
+
+
+# --- 7. pickles carrying code ------------------------------------------------------------------
+
+
+class _ShellPayload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(self.marker)}",))
+
+
+class _OpenPayload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _write_pickle(path, obj, how):
+    if how == "pickle":
+        with open(path, "wb") as fh:
+            pickle.dump(obj, fh)
+    elif how == "torch":
+        torch.save(obj, path)
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=False)
+
+
+def test_payload_is_real(tmp_path):
+    """Sanity: the payloads do run under an unrestricted unpickler (so the refusal below means something)."""
+    for cls in (_ShellPayload, _OpenPayload):
+        marker = tmp_path / f"{cls.__name__}.ran"
+        result = pickle.loads(pickle.dumps(cls(marker)))
+        if hasattr(result, "close"):
+            result.close()
+        assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+@pytest.mark.parametrize("how", ["pickle", "torch", "torch-legacy"])
+@pytest.mark.parametrize("cls", [_ShellPayload, _OpenPayload])
+@pytest.mark.parametrize("nest", ["bare", "in_state_dict"])
+def test_pickle_payload_is_refused(tmp_path, how, cls, nest):
+    marker = tmp_path / "PWNED"
+    obj = cls(marker)
+    if nest == "in_state_dict":
+        obj = {"state_dict": {"conv1.weight": torch.zeros(1), "evil": obj}}
+    path = tmp_path / "evil.pth.tar"
+    _write_pickle(path, obj, how)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError) as excinfo:
+        create_model(path)
+    one_line_error(excinfo)
+    assert not marker.exists(), "the pickle's payload ran"
+    with pytest.raises(CheckpointError):
+        create_model("fan4", weights=path)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+    assert not marker.exists(), "the pickle's payload ran"
