@@ -115,6 +115,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from .bench.zoo import bundle
+
+    path = bundle(args.checkpoint, args.name, args.data, default=args.default, description=args.description)
+    card = json.loads(path.with_suffix(".json").read_text())
+    print(f"bundled {args.name} -> {path}")
+    print(json.dumps(card["figures"], indent=2))
+    return 0
+
+
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
@@ -154,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_eval)
+
+    p = sub.add_parser("bundle", help="add a trained checkpoint to the packaged zoo with freshly measured figures")
+    p.add_argument("checkpoint")
+    p.add_argument("--name", required=True, help="zoo name, e.g. fan2-w64-i128-300w")
+    p.add_argument("--data", required=True, help="folder the card's figures are measured on (never trained on)")
+    p.add_argument("--default", action="store_true", help="make it the bundled default model")
+    p.add_argument("--description", default="")
+    p.set_defaults(handler=_cmd_bundle)
     return parser
 
 

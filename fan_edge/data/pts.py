@@ -21,7 +21,7 @@ MAX_PTS_BYTES = 1 << 20
 
 def parse_pts(text: str, expected: int | None = 68, source: str = "<pts>") -> np.ndarray:
     """Parse .pts text to (K, 2) float64, 0-based; headed or headerless."""
-    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln.strip() for ln in text.removeprefix("\ufeff").splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     declared = None
     body = lines

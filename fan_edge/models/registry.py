@@ -83,14 +83,35 @@ _REGISTRY: dict[str, ModelEntry] = {
     name: ModelEntry(name, config_from_name(name), description=desc) for name, desc in _VARIANTS
 }
 
-# Until the training issue bundles a trained model, "default" is an untrained
-# configuration; ``ModelEntry.trained`` and ``fan-edge models`` say so.
-DEFAULT_NAME = "fan2-w64-i128"
+
+
+def _discover_zoo() -> str | None:
+    """Register every bundled model (a card ``NAME.json`` beside ``NAME.safetensors``); return the default's name."""
+    default = None
+    folder = resources.files(WEIGHTS_PACKAGE)
+    for card_file in sorted(folder.iterdir(), key=lambda f: f.name):
+        if not card_file.name.endswith(".json"):
+            continue
+        card = json.loads(card_file.read_text())
+        name = card.get("name", card_file.name[: -len(".json")])
+        weights = card_file.name[: -len(".json")] + ".safetensors"
+        _REGISTRY[name] = ModelEntry(name, FANConfig.from_dict(card["config"]), weights, card.get("description", ""))
+        if card.get("default"):
+            default = name
+    return default
+
+
+# The bundled default: the zoo model whose card says "default": true. Without
+# one (a checkout before any model is bundled) it is an untrained
+# configuration, and ``ModelEntry.trained`` and ``fan-edge models`` say so.
+UNTRAINED_DEFAULT = "fan2-w64-i128"
+DEFAULT_NAME = _discover_zoo() or UNTRAINED_DEFAULT
+_default = _REGISTRY[DEFAULT_NAME]
 _REGISTRY["default"] = ModelEntry(
     "default",
-    _REGISTRY[DEFAULT_NAME].config,
-    weights=None,
-    description=f"bundled default ({DEFAULT_NAME}); UNTRAINED until a zoo model is bundled",
+    _default.config,
+    weights=_default.weights,
+    description=f"bundled default ({DEFAULT_NAME})" + ("" if _default.weights else "; UNTRAINED until a zoo model is bundled"),
 )
 
 

@@ -128,10 +128,15 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     channels = image.shape[2]
     inv = invert_affine(matrix)
     corners = apply_affine(inv, np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]]))
-    x0 = max(int(np.floor(corners[:, 0].min())) - 2, 0)
-    y0 = max(int(np.floor(corners[:, 1].min())) - 2, 0)
-    x1 = min(int(np.ceil(corners[:, 0].max())) + 3, image.shape[1])
-    y1 = min(int(np.ceil(corners[:, 1].max())) + 3, image.shape[0])
+    spacing = float(np.hypot(inv[0, 0], inv[1, 0]))
+    # Bilinear sampling after n halvings reads one halved pixel (2**n source pixels) beyond the
+    # window, and halving drops up to 2**n - 1 pixels at the far edge: pad for both.
+    factor = 2 ** int(np.floor(np.log2(spacing))) if np.isfinite(spacing) and spacing >= 2.0 else 1
+    pad = 2 * factor + 1
+    x0 = max(int(np.floor(corners[:, 0].min())) - pad, 0)
+    y0 = max(int(np.floor(corners[:, 1].min())) - pad, 0)
+    x1 = min(int(np.ceil(corners[:, 0].max())) + pad + 1, image.shape[1])
+    y1 = min(int(np.ceil(corners[:, 1].max())) + pad + 1, image.shape[0])
     out = np.zeros((size, size, channels), dtype=np.float32)
     if x1 - x0 < 1 or y1 - y0 < 1 or not np.all(np.isfinite(inv)):
         return out
@@ -139,7 +144,6 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     # crop pixel -> region pixel
     to_region = inv.copy()
     to_region[:, 2] -= (x0, y0)
-    spacing = float(np.hypot(inv[0, 0], inv[1, 0]))
     while spacing >= 2.0 and min(region.shape[:2]) >= 2:
         region = _halve(region)
         to_region = to_region / 2.0
@@ -163,4 +167,7 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     top = padded[ya, xa] * (1 - ax) + padded[ya, xb] * ax
     bottom = padded[yb, xa] * (1 - ax) + padded[yb, xb] * ax
     out[:] = top * (1 - ay) + bottom * ay
+    # float32 blending can overshoot the source range by an ulp; keep the documented range exact.
+    lo, hi = float(region.min()), float(region.max())
+    np.clip(out, min(lo, 0.0), max(hi, 0.0), out=out)
     return out

@@ -25,6 +25,11 @@ def heatmap_to_crop(points: np.ndarray, stride: float) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) * stride + (stride - 1) / 2.0
 
 
+def _toward_higher(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """+1, -1 or 0: the direction of the higher neighbour (finite even for infinite inputs)."""
+    return (after > before).astype(np.float64) - (after < before).astype(np.float64)
+
+
 def argmax_quarter(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Peak of each heatmap, moved a quarter cell toward the higher neighbour.
 
@@ -47,9 +52,9 @@ def argmax_quarter(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dx = np.zeros_like(x)
     dy = np.zeros_like(y)
     r = rows[inner_x]
-    dx[inner_x] = np.sign(grid[r, py[inner_x], px[inner_x] + 1] - grid[r, py[inner_x], px[inner_x] - 1])
+    dx[inner_x] = _toward_higher(grid[r, py[inner_x], px[inner_x] - 1], grid[r, py[inner_x], px[inner_x] + 1])
     r = rows[inner_y]
-    dy[inner_y] = np.sign(grid[r, py[inner_y] + 1, px[inner_y]] - grid[r, py[inner_y] - 1, px[inner_y]])
+    dy[inner_y] = _toward_higher(grid[r, py[inner_y] - 1, px[inner_y]], grid[r, py[inner_y] + 1, px[inner_y]])
     coords = np.stack([x + 0.25 * dx, y + 0.25 * dy], axis=-1)
     return coords.reshape(*lead, 2), scores.reshape(*lead)
 

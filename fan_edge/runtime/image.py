@@ -40,4 +40,5 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 def to_network_input(crops: np.ndarray) -> np.ndarray:
     """(N, S, S, 3) 0..255 crops to FAN's input: (N, 3, S, S) float32 in [0, 1], no mean or std."""
-    return np.ascontiguousarray(np.asarray(crops, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0)
+    x = np.asarray(crops, dtype=np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
+    return np.ascontiguousarray(np.clip(x, 0.0, 1.0))

@@ -37,6 +37,7 @@ from .spec import TrainSpec
 
 LAST = "last.ckpt"
 BEST = "best.safetensors"
+FINAL = "final.safetensors"
 log = logging.getLogger("fan_edge.train")
 
 
@@ -302,7 +303,10 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
             signal.signal(s, h)
         dist.close()
     if dist.is_main:
-        log.info("done: best %s", json.dumps(best))
+        # The weights at the end of the schedule, selected by nothing: what zoo models ship.
+        final_figures = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss")}
+        save_checkpoint(model, out / FINAL, _card(spec, model, final_figures, spec.epochs))
+        log.info("done: final %s, best %s", json.dumps(final_figures), json.dumps(best))
     return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out)}
 
 
