@@ -65,38 +65,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import count_parameters, create_model, get_entry, list_models
+    from .bench.zoo import format_table, zoo_rows
 
-    rows = []
-    for name in list_models():
-        entry = get_entry(name)
-        card = entry.card()
-        model = create_model(entry.config, weights=False)
-        rows.append(
-            {
-                "model": name,
-                "stacks": entry.config.stacks,
-                "width": entry.config.width,
-                "input_size": entry.config.input_size,
-                "parameters": count_parameters(model),
-                "trained": entry.trained,
-                "description": entry.description,
-                "figures": card.get("figures", {}),
-            }
-        )
+    rows = zoo_rows()
     if args.json:
         print(json.dumps({"models": rows}, indent=2))
-        return 0
-    header = f"{'model':<16} {'stacks':>6} {'width':>5} {'input':>5} {'params':>11} {'NME io %':>8} {'AUC@7 %':>7}  description"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        figs = r["figures"]
-        nme = f"{figs['nme_io']:.2f}" if "nme_io" in figs else "-"
-        auc = f"{figs['auc7']:.1f}" if "auc7" in figs else "-"
-        print(
-            f"{r['model']:<16} {r['stacks']:>6} {r['width']:>5} {r['input_size']:>5} {r['parameters']:>11,} {nme:>8} {auc:>7}  {r['description']}"
-        )
+    else:
+        print(format_table(rows, markdown=args.markdown))
     return 0
 
 
@@ -154,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_info)
 
-    p = sub.add_parser("models", help="the registry and each model card's figures")
+    p = sub.add_parser("models", help="the registry and each model card's figures (Table 5, measured)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="as a markdown table (docs/zoo.md is this output)")
     p.set_defaults(handler=_cmd_models)
 
     p = sub.add_parser("eval", help="landmark accuracy on a folder of images with .pts")

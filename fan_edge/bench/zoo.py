@@ -52,13 +52,20 @@ def measure_card(checkpoint: str | Path, data: str | Path, threads: int = 2) -> 
     }
 
 
-def bundle(checkpoint: str | Path, name: str, data: str | Path, default: bool = False, description: str = "") -> Path:
-    """Copy ``checkpoint`` into the package as zoo model ``name`` with a freshly measured card."""
+def bundle(
+    checkpoint: str | Path,
+    name: str,
+    data: str | Path,
+    default: bool = False,
+    description: str = "",
+    folder: str | Path | None = None,
+) -> Path:
+    """Copy ``checkpoint`` into the package (or ``folder``) as zoo model ``name`` with a freshly measured card."""
     if _NAME.fullmatch(name) or name == "default":
         raise ConfigError(f"zoo name {name!r} would shadow a registry variant; pick another (e.g. add a suffix)")
     source = read_checkpoint(checkpoint)
     measured = measure_card(checkpoint, data)
-    folder = Path(str(resources.files(WEIGHTS_PACKAGE)))
+    folder = Path(folder) if folder is not None else Path(str(resources.files(WEIGHTS_PACKAGE)))
     card = {k: v for k, v in source.card.items() if k not in ("figures", "parameters", "macs")}
     card.update(measured)
     card.update(name=name, description=description or card.get("description", ""), default=default)
@@ -70,3 +77,63 @@ def bundle(checkpoint: str | Path, name: str, data: str | Path, default: bool = 
                 write_text_atomic(other, json.dumps(data_, indent=2, sort_keys=True) + "\n")
     card.pop("config", None)
     return save_checkpoint(create_model(checkpoint), folder / f"{name}.safetensors", card)
+
+
+def zoo_rows() -> list[dict[str, Any]]:
+    """One row per registry entry: architecture counted live, figures from its card (if trained)."""
+    from ..models import get_entry, list_models
+
+    rows = []
+    for name in list_models():
+        entry = get_entry(name)
+        model = create_model(entry.config, weights=False)
+        figures = entry.card().get("figures", {})
+        rows.append(
+            {
+                "model": name,
+                "stacks": entry.config.stacks,
+                "width": entry.config.width,
+                "input_size": entry.config.input_size,
+                "parameters": count_parameters(model),
+                "macs": count_macs(model, entry.config.input_size),
+                "trained": entry.trained,
+                "description": entry.description,
+                "figures": figures,
+            }
+        )
+    return rows
+
+
+_COLUMNS = [
+    ("model", "model", lambda r: r["model"]),
+    ("stacks", "stacks", lambda r: str(r["stacks"])),
+    ("width", "width", lambda r: str(r["width"])),
+    ("input", "input", lambda r: str(r["input_size"])),
+    ("params", "params (M)", lambda r: f"{r['parameters'] / 1e6:.2f}"),
+    ("gmacs", "GMACs", lambda r: f"{r['macs'] / 1e9:.3f}"),
+    ("nme_io", "NME io %", lambda r: _fig(r, "nme_io", 2)),
+    ("nme_box", "NME box %", lambda r: _fig(r, "nme_box", 2)),
+    ("auc7", "AUC@7 %", lambda r: _fig(r, "auc7", 1)),
+    ("fr7", "FR@7 %", lambda r: _fig(r, "fr7", 2)),
+    ("ms", "torch CPU ms", lambda r: _fig(r, "torch_cpu_ms_p50", 1)),
+]
+
+
+def _fig(row: dict[str, Any], key: str, digits: int) -> str:
+    value = row["figures"].get(key)
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
+
+
+def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """Table 5 of the paper, measured: architecture against accuracy and latency."""
+    cells = [[fn(r) for _, _, fn in _COLUMNS] + [("" if r["trained"] else "untrained; ") + r["description"]] for r in rows]
+    header = [title for _, title, _ in _COLUMNS] + ["notes"]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header[:-1])]
+    fmt = lambda row: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))  # noqa: E731
+    lines = [fmt(header[:-1]) + "  notes", "-" * (sum(widths) + 2 * len(widths) + 5)]
+    lines += [fmt(c[:-1]) + "  " + c[-1] for c in cells]
+    return "\n".join(lines)
