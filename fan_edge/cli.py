@@ -212,5 +212,69 @@ def distill_main(argv: Sequence[str] | None = None) -> int:
     return _run(_train_parser(distill=True), argv)
 
 
+def _export_parser() -> argparse.ArgumentParser:
+    """``fan-export``: a FAN to ONNX / OpenVINO artifacts with their contract, checked against PyTorch."""
+    from .export.exporter import TARGETS
+
+    parser = argparse.ArgumentParser(
+        prog="fan-export",
+        description="Export a FAN to a deployable artifact (contract inside and in ARTIFACT.json), "
+        "then check it against the PyTorch model on real faces. Exit 1 when the accuracy check fails "
+        "(the artifact is kept; its sidecar says 'failed accuracy').",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--target", required=True, metavar="{" + ",".join(TARGETS) + "}",
+                        help="format; a comma list exports several (then --output is a folder)")
+    _model_arg(parser, positional=False)
+    parser.add_argument("--precision", default="fp32", metavar="{fp32,fp16,int8}", help="default fp32; a comma list exports several")
+    parser.add_argument("--calib", metavar="DIR", help="calibration faces (images with .pts) for int8; also the default --verify folder")
+    parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="faces used for int8 calibration, spread over the folder (default 128)")
+    parser.add_argument("--input-size", type=int, metavar="N", help="override the model's input resolution")
+    parser.add_argument("--outputs", choices=("heatmaps", "landmarks"), default="heatmaps",
+                        help="heatmaps (default), or landmarks: decoding inside the graph, (x, y) crop pixels and scores")
+    parser.add_argument("--output", metavar="PATH", help="artifact path (or folder); default ./NAME-PRECISION[-landmarks].SUFFIX")
+    verify = parser.add_mutually_exclusive_group()
+    verify.add_argument("--verify", metavar="DIR", help="faces for the parity check (default: --calib, else ../shared/data/300w/afw)")
+    verify.add_argument("--no-verify", action="store_true", help="skip the parity check")
+    parser.add_argument("--verify-faces", type=int, default=64, metavar="N", help="faces for the parity check, spread over the folder (default 64)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+
+    def handler(args: argparse.Namespace) -> int:
+        from .export.exporter import export_model, format_table, results_json
+
+        results = export_model(
+            args.model,
+            args.target,
+            args.precision,
+            outputs=args.outputs,
+            output=args.output,
+            calib=args.calib,
+            calib_faces=args.calib_faces,
+            input_size=args.input_size,
+            verify=False if args.no_verify else args.verify,
+            verify_faces=args.verify_faces,
+            trust=args.trust,
+            log=None if args.json else (lambda msg: print(msg, file=sys.stderr)),
+        )
+        if args.json:
+            print(results_json(results))
+        else:
+            first = next((r.parity for r in results if r.parity), None)
+            if first is not None:
+                print(f"\nparity with PyTorch on {first.faces} faces of {first.data} (boxes from ground-truth points; px are crop pixels)")
+            print(format_table(results))
+            for r in results:
+                if r.parity is not None and not r.parity.passed:
+                    print(f"{r.path}: failed accuracy: {r.parity.failure} (artifact kept)", file=sys.stderr)
+        return 0 if all(r.ok for r in results) else 1
+
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_export_parser(), argv)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,3 +20,15 @@ class ConfigError(FanEdgeError):
 
 class DataError(FanEdgeError):
     """Bad annotations, images or data folders."""
+
+
+class ContractError(FanEdgeError):
+    """An exported artifact whose preprocessing contract is missing, malformed or unsupported."""
+
+
+class BackendError(FanEdgeError):
+    """An inference backend or device that is not installed, not present or cannot load an artifact."""
+
+
+class ExportError(FanEdgeError):
+    """An export that cannot be done as asked (target, precision, outputs, calibration, verification)."""

@@ -49,3 +49,73 @@ def data_dir(shared_dir: Path) -> Path:
 def require_shared():
     """``require_shared(path, what, is_file=False)``: the same skip/fail rule for one file or folder."""
     return _require
+
+
+# ---- export and runtime fixtures (tests/test_export_*.py, tests/test_runtime_session.py) ----------
+
+
+def _synthetic_faces(folder: Path, count: int = 6) -> Path:
+    """Noise images with plausible 68-point .pts: enough for the export's mechanics without ../shared."""
+    import cv2
+    import numpy as np
+
+    from fan_edge.data.pts import write_pts
+
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    angles = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+    for i in range(count):
+        size = 160 + 16 * i
+        image = rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)
+        cx, cy, r = size / 2 + rng.uniform(-8, 8), size / 2 + rng.uniform(-8, 8), size / 4
+        points = np.stack([cx + r * np.cos(angles), cy + 0.9 * r * np.sin(angles)], axis=1) + rng.normal(0, 2, (68, 2))
+        cv2.imwrite(str(folder / f"face{i}.png"), image)
+        write_pts(folder / f"face{i}.pts", points)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_faces(tmp_path_factory) -> Path:
+    return _synthetic_faces(tmp_path_factory.mktemp("faces"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """fan1-w32-i128 with random weights and BatchNorm statistics, Gaussian refinement and a non-default crop,
+    saved in fan-edge's format (so every exporter path reads config and card from the file)."""
+    import torch
+
+    from fan_edge.models import FANConfig, create_model, save_checkpoint
+    from fan_edge.runtime.crop import CropSpec
+
+    torch.manual_seed(0)
+    config = FANConfig(stacks=1, width=32, input_size=128, refine="gaussian", crop=CropSpec(reference_scale=280.0, center_shift=0.0))
+    model = create_model(config, weights=False)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_checkpoint(model, path, card={"description": "test model, random weights"})
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, tiny_checkpoint, synthetic_faces):
+    """Every implemented target x precision of the tiny model (heatmaps), plus fp32 and int8 with in-graph landmarks.
+
+    Exported once per session (two export calls: the torch -> ONNX step is shared within each). The parity check
+    runs with loose tolerances: a random network's peaks are flat, so its fp16 / int8 landmarks legitimately move.
+    """
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    from fan_edge.export import export_model
+
+    out = tmp_path_factory.mktemp("exports")
+    loose = {"fp32": 1e9, "fp16": 1e9, "int8": 1e9}
+    common = dict(calib=synthetic_faces, calib_faces=6, verify=synthetic_faces, verify_faces=4, tolerances=loose)
+    results = export_model(str(tiny_checkpoint), "onnx,openvino", "fp32,fp16,int8", output=out / "heatmaps", **common)
+    results += export_model(str(tiny_checkpoint), "onnx,openvino", "fp32,int8", outputs="landmarks", output=out / "landmarks", **common)
+    return {(r.target, r.precision, r.outputs): r for r in results}

@@ -443,7 +443,7 @@ def test_warp_linear_ramp_is_exact(box, size, angle):
 
     So the warp of ``a x + b y + c`` must equal the ramp at each crop pixel's
     image position: any half-pixel slip in the halving path shows up as
-    ``a * slip``. 
+    ``a * slip``.
     """
     m = _rotated_about_crop_centre(crop_matrix(np.asarray(box), size, CropSpec()), size, angle)
     crop = warp_image(_ramp(), m, size)

@@ -1,0 +1,302 @@
+"""``export_model``: a FAN to deployable artifacts, one method per format and a table of formats.
+
+Adding a target is one module with ``export_X(job: ExportJob) -> list[Path]``
+(see :class:`fan_edge.export.job.ExportJob` for its duties) and one row of
+:data:`TARGETS`; the runtime reads it once a backend for its suffix exists in
+:data:`fan_edge.runtime.backends.BACKENDS`. Everything else (model loading,
+the contract, the sidecar, atomic commit, calibration, parity, the table) is
+here and shared.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_text_atomic
+from ..calibration import FaceCrops
+from ..errors import ExportError
+from ..runtime.contract import OUTPUT_KINDS, PRECISIONS, ModelContract, sidecar_path
+from ._files import Staging
+from .job import ExportJob
+from .metadata import build_contract
+from .parity import TOLERANCES, ParityReport, verify_artifact
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Verification faces when neither --verify nor --calib names a folder (relative to the checkout, then to the cwd).
+DEFAULT_VERIFY = ("..", "shared", "data", "300w", "afw")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A row of the formats table."""
+
+    name: str
+    title: str
+    suffix: str
+    exporter: str | None  # "module:function"; None while the target is not implemented
+    precisions: tuple[str, ...]
+    packages: tuple[str, ...]  # import names the exporter needs
+    extra: str  # pip extra that installs them
+    backend: str | None  # runtime backend that runs the artifact (for the parity report)
+
+
+TARGETS: dict[str, Target] = {
+    "onnx": Target(
+        "onnx", "ONNX", ".onnx", "fan_edge.export.onnx_export:export_onnx", PRECISIONS,
+        ("onnx", "onnxruntime", "onnxscript", "onnxslim", "onnxconverter_common"), "onnx", "onnxruntime",
+    ),
+    "openvino": Target(
+        "openvino", "OpenVINO", ".xml", "fan_edge.export.openvino_export:export_openvino", PRECISIONS,
+        ("openvino", "nncf", "onnx", "onnxscript", "onnxslim"), "openvino", "openvino",
+    ),
+    "tflite": Target("tflite", "TFLite", ".tflite", None, PRECISIONS, ("ai_edge_litert",), "tflite", None),
+    "coreml": Target("coreml", "Core ML", ".mlpackage", None, PRECISIONS, ("coremltools",), "coreml", None),
+}
+
+
+@dataclass
+class ExportResult:
+    target: str
+    precision: str
+    outputs: str
+    path: Path
+    files: list[Path]
+    seconds: float
+    status: str  # "ok", "failed accuracy" or "not verified"
+    parity: ParityReport | None = None
+    contract: ModelContract | None = field(default=None, repr=False)
+
+    @property
+    def size_mb(self) -> float:
+        """The artifact's size (its sidecar excluded)."""
+        sidecar = sidecar_path(self.path)
+        return sum(f.stat().st_size for f in self.files if f.is_file() and f != sidecar) / 1e6
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed accuracy"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "precision": self.precision,
+            "outputs": self.outputs,
+            "status": self.status,
+            "path": str(self.path),
+            "files": [str(f) for f in self.files],
+            "size_mb": round(self.size_mb, 3),
+            "seconds": round(self.seconds, 2),
+            "parity": self.parity.to_dict() if self.parity else None,
+        }
+
+
+def _split(values: str | Sequence[str], what: str, choices: Sequence[str]) -> list[str]:
+    items = [v.strip() for v in values.split(",")] if isinstance(values, str) else [str(v).strip() for v in values]
+    items = [v for v in items if v]
+    if not items:
+        raise ExportError(f"no {what} given")
+    for v in items:
+        if v not in choices:
+            raise ExportError(f"unknown {what} {v!r}; expected one of: {', '.join(choices)}")
+    return list(dict.fromkeys(items))
+
+
+def _check_target(target: Target, precision: str) -> None:
+    if target.exporter is None:
+        raise ExportError(f"target {target.name} is not implemented yet (available: {', '.join(n for n, t in TARGETS.items() if t.exporter)})")
+    if precision not in target.precisions:
+        raise ExportError(f"target {target.name} has no {precision} export (it has {', '.join(target.precisions)})")
+    missing = [p for p in target.packages if importlib.util.find_spec(p) is None]
+    if missing:
+        raise ExportError(f"target {target.name} needs {', '.join(missing)}: pip install 'fan-edge[{target.extra}]'")
+
+
+def _exporter(target: Target):
+    module, function = target.exporter.split(":")  # type: ignore[union-attr]
+    return getattr(importlib.import_module(module), function)
+
+
+def resolve_model(model: Any, trust: bool = False, input_size: int | None = None) -> tuple[Any, str, dict[str, Any]]:
+    """The FAN to export, a name for files and metadata, and its model card."""
+    from ..models import DEFAULT_NAME, FAN, create_model, get_entry
+    from ..models.factory import _looks_like_path
+
+    if isinstance(model, FAN):
+        if input_size is not None and input_size != model.config.input_size:
+            raise ExportError("input_size cannot change an already built model; pass a name or a checkpoint path")
+        cfg = model.config
+        name = getattr(model, "name", None) or f"fan{cfg.stacks}-w{cfg.width}-i{cfg.input_size}"
+        return model.eval(), name, dict(getattr(model, "card", {}) or {})
+    text = str(model)
+    net = create_model(text, trust=trust, input_size=input_size)
+    if _looks_like_path(text):
+        path = Path(text)
+        name = re.sub(r"(\.pth)?\.(tar|pth|pt|safetensors|zip|bin)$", "", path.name) or "model"
+        card = dict(getattr(net, "card", {}) or {})
+        card.setdefault("source", path.name)
+    else:
+        entry = get_entry(text)
+        name = DEFAULT_NAME if text == "default" else text
+        card = dict(entry.card())
+        card.setdefault("description", entry.description)
+        card["trained"] = entry.trained
+    if input_size is not None and f"-i{input_size}" not in name:
+        name = f"{name}-s{input_size}"
+    return net.eval(), name, card
+
+
+def default_output(name: str, target: Target, precision: str, outputs: str, folder: Path | None = None) -> Path:
+    stem = f"{name}-{precision}" + ("-landmarks" if outputs == "landmarks" else "")
+    return (folder or Path.cwd()) / f"{stem}{target.suffix}"
+
+
+def default_verify_dir() -> Path | None:
+    for base in (REPO_ROOT, Path.cwd()):
+        candidate = base.joinpath(*DEFAULT_VERIFY).resolve()
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def _outputs_for(output: str | Path | None, combos: list[tuple[Target, str]], name: str, outputs: str) -> list[Path]:
+    if output is None:
+        return [default_output(name, t, p, outputs) for t, p in combos]
+    out = Path(output)
+    as_folder = out.is_dir() or str(output).endswith(("/", "\\")) or len(combos) > 1
+    if as_folder:
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"{out}: several artifacts need --output to be a folder")
+        return [default_output(name, t, p, outputs, out) for t, p in combos]
+    (target, _), = combos
+    if out.suffix.lower() != target.suffix:
+        raise ExportError(f"--output for {target.name} must end in {target.suffix}, got {out.name}")
+    return [out]
+
+
+def export_model(
+    model: Any = "default",
+    target: str | Sequence[str] = "onnx",
+    precision: str | Sequence[str] = "fp32",
+    *,
+    outputs: str = "heatmaps",
+    output: str | Path | None = None,
+    calib: str | Path | None = None,
+    calib_faces: int = 128,
+    input_size: int | None = None,
+    verify: str | Path | bool | None = None,
+    verify_faces: int = 64,
+    trust: bool = False,
+    tolerances: dict[str, float] | None = None,
+    log=None,
+) -> list[ExportResult]:
+    """Export ``model`` to every ``target`` x ``precision`` and check each against PyTorch.
+
+    ``verify``: None picks the calibration folder, else ``../shared/data/300w/afw``
+    when present (else an error asking for a folder or ``verify=False``); a
+    path names the folder; False skips the check. An artifact that fails the
+    check is kept, its status (and its sidecar's ``verification``) says
+    "failed accuracy"; callers decide the exit code (``fan-export`` exits 1).
+    """
+    say = log or (lambda msg: None)
+    targets = [TARGETS[t] for t in _split(target, "target", list(TARGETS))]
+    precisions = _split(precision, "precision", PRECISIONS)
+    if outputs not in OUTPUT_KINDS:
+        raise ExportError(f"unknown outputs {outputs!r}; expected one of: {', '.join(OUTPUT_KINDS)}")
+    combos = [(t, p) for t in targets for p in precisions]
+    for t, p in combos:
+        _check_target(t, p)
+    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size <= 0):
+        raise ExportError(f"input size must be a positive integer, got {input_size!r}")
+
+    # Fail fast on the data before any slow step.
+    verify_dir: Path | None = None
+    if verify is None or verify is True:
+        verify_dir = Path(calib) if calib is not None else default_verify_dir()
+        if verify_dir is None:
+            raise ExportError("no faces to verify the export on: pass --verify DIR (images with .pts), or --no-verify")
+    elif verify is not False:
+        verify_dir = Path(verify)
+
+    net, name, card = resolve_model(model, trust, input_size)
+    cfg = net.config
+    calibration = None
+    if any(p == "int8" for _, p in combos):
+        if calib is None:
+            raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
+        calibration = FaceCrops(calib, cfg.input_size, cfg.crop, count=calib_faces, seed=0)
+    faces = FaceCrops(verify_dir, cfg.input_size, cfg.crop, count=verify_faces, seed=1) if verify_dir is not None else None
+    paths = _outputs_for(output, combos, name, outputs)
+
+    shared: dict[str, Any] = {}
+    results = []
+    for (t, p), out in zip(combos, paths):
+        say(f"exporting {name} -> {t.title} {p} {outputs}: {out}")
+        started = time.perf_counter()
+        contract = build_contract(net, model_name=name, card=card, target=t.name, precision=p, outputs=outputs)
+        sidecar = sidecar_path(out)
+        with Staging(out) as staging:
+            job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared)
+            files = list(_exporter(t)(job))
+            staging.path(sidecar).write_text(contract.to_json(indent=2) + "\n")
+            staging.commit(files + [sidecar])
+        seconds = time.perf_counter() - started
+        result = ExportResult(t.name, p, outputs, out, [*files, sidecar], seconds, "not verified", contract=contract)
+        if faces is not None:
+            tol = (tolerances or TOLERANCES)[p]
+            report = verify_artifact(out, net, faces, p, backend=t.backend or "auto", tolerance=tol)
+            result.parity = report
+            result.status = "ok" if report.passed else "failed accuracy"
+            verified = contract.replace(verification={"status": result.status, **report.to_dict()})
+            write_text_atomic(sidecar, verified.to_json(indent=2) + "\n")
+            result.contract = verified
+        results.append(result)
+    return results
+
+
+# ---- the table -------------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+_COLUMNS = [
+    ("Format", lambda r: TARGETS[r.target].title),
+    ("Precision", lambda r: r.precision),
+    ("Outputs", lambda r: r.outputs),
+    ("Status", lambda r: r.status),
+    ("Size (MB)", lambda r: f"{r.size_mb:.2f}"),
+    ("NME torch %", lambda r: _num(r.parity and r.parity.nme_torch, 3)),
+    ("NME export %", lambda r: _num(r.parity and r.parity.nme_export, 3)),
+    ("ΔNME pp", lambda r: "-" if r.parity is None else f"{r.parity.delta_nme:+.3f}"),
+    ("max|Δhm|", lambda r: _num(r.parity and r.parity.max_heatmap_diff, 4)),
+    ("Δpx mean", lambda r: _num(r.parity and r.parity.mean_px, 3)),
+    ("Δpx max", lambda r: _num(r.parity and r.parity.max_px, 2)),
+    ("decode px", lambda r: _num(r.parity and r.parity.decode_px, 4)),
+    ("Export s", lambda r: f"{r.seconds:.1f}"),
+    ("Path", lambda r: str(r.path)),
+]
+
+
+def format_table(results: Sequence[ExportResult], markdown: bool = False) -> str:
+    """Ultralytics-style summary: one row per artifact."""
+    header = [c for c, _ in _COLUMNS]
+    rows = [[fn(r) for _, fn in _COLUMNS] for r in results]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 1, 2, 3, len(header) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(header), "-" * len(fmt(header))] + [fmt(r) for r in rows])
+
+
+def results_json(results: Sequence[ExportResult]) -> str:
+    return json.dumps({"exports": [r.to_dict() for r in results]}, indent=2)

@@ -1,0 +1,35 @@
+"""What a target's export function receives: the model, the options, the contract, a staging area."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..calibration import FaceCrops
+from ..runtime.contract import ModelContract
+from ._files import Staging
+
+
+@dataclass
+class ExportJob:
+    """One artifact to produce.
+
+    A target function ``export_X(job) -> list[Path]`` writes its files with
+    ``job.staging.path(final)`` (never to the final names), embeds
+    ``job.contract`` in the format's own metadata, and returns the final
+    paths in commit order, main artifact last-but-sidecar (OpenVINO: ``.bin``
+    then ``.xml``). The orchestrator adds the sidecar and commits.
+    ``shared`` is a cache shared by the jobs of one export call (e.g. the
+    fp32 ONNX graph that several targets start from).
+    """
+
+    model: Any  # fan_edge.models.FAN, in eval mode
+    target: str
+    precision: str
+    outputs: str
+    output: Path  # the main artifact's final path
+    contract: ModelContract
+    staging: Staging
+    calibration: FaceCrops | None = None
+    shared: dict[str, Any] = field(default_factory=dict)

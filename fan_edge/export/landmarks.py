@@ -1,0 +1,100 @@
+"""FAN's decoding as a graph: heatmaps in, (x, y) crop pixels and peak scores out.
+
+The same arithmetic as :func:`fan_edge.runtime.decode.decode_heatmaps` (the
+reference; tests hold the two within 0.01 px), written with operations every
+target has: max and min reductions, comparisons, ``where``, floor and
+elementwise maths. Choices that make the graph portable and exact:
+
+- The argmax is "the lowest flat index among the cells equal to the max",
+  the tie rule of numpy's argmax. Quantized heatmaps have ties at the peak;
+  a backend ArgMax/TopK is free to break them another way.
+- Indices are integer tensors (int32), so that a float16 weight compression
+  (OpenVINO's ``compress_to_fp16``) cannot round a 64x64 map's indices.
+- Neighbours are read with one-hot masks (``where(index == i, map, 0)``
+  summed), not a gather: exact, and every converter knows the ops.
+- The Gaussian step uses log ratios (``log(b / c)``) rather than differences
+  of logs, which keeps float32 within 1e-6 of the float64 reference.
+
+The exporter appends this head after quantization (int8) or conversion
+(fp16), so it always computes in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_EPS = 1e-10  # as in fan_edge.runtime.decode.argmax_gaussian
+
+
+class LandmarkHead(nn.Module):
+    """(N, K, H, W) heatmaps -> landmarks (N, K, 2) crop pixels and scores (N, K)."""
+
+    def __init__(self, input_size: int, heatmap_size: int, refine: str = "quarter") -> None:
+        super().__init__()
+        if refine not in ("quarter", "gaussian"):
+            raise ValueError(f"unknown refinement {refine!r}")
+        self.input_size = input_size
+        self.heatmap_size = heatmap_size
+        self.refine = refine
+        self.stride = input_size / heatmap_size
+        self.register_buffer("index", torch.arange(heatmap_size * heatmap_size, dtype=torch.int32).view(1, 1, -1), persistent=False)
+
+    def _at(self, flat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """flat[..., idx] for an index per (n, k), through a one-hot mask (0 when idx is out of range)."""
+        mask = self.index == idx.unsqueeze(-1)
+        return torch.where(mask, flat, torch.zeros_like(flat)).sum(dim=-1)
+
+    @staticmethod
+    def _toward_higher(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        return (after > before).float() - (after < before).float()
+
+    @staticmethod
+    def _gaussian_step(centre: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        c = torch.clamp(centre, min=_EPS)
+        lb = torch.log(torch.clamp(before, min=_EPS) / c)  # log(b) - log(c), without cancellation
+        la = torch.log(torch.clamp(after, min=_EPS) / c)
+        curvature = lb + la
+        valid = (centre > _EPS) & (curvature < -1e-9)
+        safe = torch.where(valid, curvature, -torch.ones_like(curvature))
+        delta = torch.where(valid, 0.5 * (lb - la) / safe, torch.zeros_like(curvature))
+        return torch.clamp(delta, -0.5, 0.5)
+
+    def forward(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hm = heatmaps.float()
+        h = w = self.heatmap_size
+        flat = hm.flatten(2)  # (N, K, H*W)
+        peak = flat.amax(dim=-1, keepdim=True)
+        big = torch.full_like(self.index, h * w)
+        idx = torch.where(flat == peak, self.index, big).amin(dim=-1)  # (N, K) int32: first maximum
+        py = torch.div(idx, w, rounding_mode="floor")
+        px = idx - py * w
+        centre = peak.squeeze(-1)
+        left, right = self._at(flat, idx - 1), self._at(flat, idx + 1)
+        up, down = self._at(flat, idx - w), self._at(flat, idx + w)
+        inner_x = (px > 0) & (px < w - 1)
+        inner_y = (py > 0) & (py < h - 1)
+        zero = torch.zeros_like(centre)
+        if self.refine == "quarter":
+            dx = torch.where(inner_x, 0.25 * self._toward_higher(left, right), zero)
+            dy = torch.where(inner_y, 0.25 * self._toward_higher(up, down), zero)
+        else:
+            dx = torch.where(inner_x, self._gaussian_step(centre, left, right), zero)
+            dy = torch.where(inner_y, self._gaussian_step(centre, up, down), zero)
+        offset = (self.stride - 1.0) / 2.0
+        x = (px.float() + dx) * self.stride + offset
+        y = (py.float() + dy) * self.stride + offset
+        return torch.stack([x, y], dim=-1), centre
+
+
+class FANWithLandmarks(nn.Module):
+    """A FAN followed by its decoding head (for PyTorch use and checks; the exporter merges graphs instead)."""
+
+    def __init__(self, fan: nn.Module) -> None:
+        super().__init__()
+        self.fan = fan
+        cfg = fan.config
+        self.head = LandmarkHead(cfg.input_size, cfg.heatmap_size, cfg.refine)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.fan(x))

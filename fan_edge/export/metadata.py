@@ -1,0 +1,55 @@
+"""From a PyTorch FAN and the export options to the artifact's :class:`~fan_edge.runtime.contract.ModelContract`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .. import __version__
+from ..runtime.contract import MAX_CARD_BYTES, OUTPUT_ROLES, ModelContract
+from ..runtime.scheme import MIRROR_PAIRS
+
+INPUT_NAME = "input"
+# The heatmaps tensor keeps this name inside a landmarks graph too (the parity report reads it there).
+HEATMAPS_NAME = "heatmaps"
+
+
+def plain_card(card: Any) -> dict[str, Any]:
+    """A model card reduced to plain, bounded JSON (a card too large keeps its scalar fields only)."""
+    if not isinstance(card, dict):
+        return {}
+    try:
+        text = json.dumps(card, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps({k: v for k, v in card.items() if isinstance(v, (str, int, bool))}, default=str)
+    data = json.loads(text)
+    if len(text) > MAX_CARD_BYTES:
+        data = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool)) and len(str(v)) < 1000}
+    return data
+
+
+def build_contract(model: Any, *, model_name: str, card: dict[str, Any], target: str, precision: str, outputs: str) -> ModelContract:
+    """The contract of exporting ``model`` (a FAN) to ``target`` at ``precision`` with ``outputs``."""
+    cfg = model.config
+    k = cfg.num_landmarks
+    return ModelContract(
+        input_size=cfg.input_size,
+        heatmap_size=cfg.heatmap_size,
+        outputs=outputs,
+        refine=cfg.refine,
+        num_landmarks=k,
+        crop=cfg.crop,
+        layout="NCHW",
+        channel_order="RGB",
+        value_range=(0.0, 1.0),
+        input_name=INPUT_NAME,
+        output_names=OUTPUT_ROLES[outputs],
+        batch=None,
+        mirror_pairs=MIRROR_PAIRS if k == 68 else (),
+        model=model_name,
+        config=json.loads(json.dumps(cfg.to_dict())),
+        card=plain_card(card),
+        precision=precision,
+        target=target,
+        fan_edge_version=__version__,
+    )

@@ -1,0 +1,192 @@
+"""``LandmarkSession``: an exported artifact, its contract, and FAN's crop and decode around it.
+
+::
+
+    from fan_edge.runtime.session import LandmarkSession
+
+    session = LandmarkSession("fan2-w64-i128.onnx")          # or .xml; backend and device "auto"
+    points, scores = session.predict(image_rgb, boxes)        # (N, 68, 2) image pixels, (N, 68)
+
+The session reads the artifact's contract (the sidecar ``ARTIFACT.json``, else
+the format's own metadata), so the input size, crop recipe, output kind and
+decoding come from the export and never from guesses. It reuses the
+runtime's one implementation of each step: :func:`~fan_edge.runtime.image.as_rgb`,
+:func:`~fan_edge.runtime.crop.crop_matrices` and
+:func:`~fan_edge.runtime.crop.warp_image`,
+:func:`~fan_edge.runtime.image.to_network_input`,
+:func:`~fan_edge.runtime.decode.decode_heatmaps` and
+:func:`~fan_edge.runtime.decode.crop_points_to_image`. Needs numpy and one
+backend; never torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ContractError, DataError
+from .backends import Backend, load_backend
+from .contract import METADATA_KEY, ModelContract, read_sidecar
+from .crop import crop_matrices, warp_image
+from .decode import crop_points_to_image, decode_heatmaps
+from .image import as_rgb, to_network_input
+
+
+@dataclass
+class CropPrediction:
+    """What one batch of crops gives: points in crop pixels, scores, and the heatmaps if the artifact returns them."""
+
+    points: np.ndarray  # (N, K, 2) crop pixels, 0-based pixel centres
+    scores: np.ndarray  # (N, K)
+    heatmaps: np.ndarray | None  # (N, K, H, W) for heatmaps artifacts
+    outputs: dict[str, np.ndarray]  # every raw output by name
+
+
+def read_contract(path: str | Path, backend: Backend | None = None) -> ModelContract:
+    """The contract of an artifact: its sidecar if present, else the one inside the artifact."""
+    contract = read_sidecar(path)
+    if contract is not None:
+        return contract
+    if backend is None:
+        backend = load_backend(path)
+    text = backend.metadata().get(METADATA_KEY)
+    if text is None:
+        raise ContractError(
+            f"{path}: no fan-edge contract (no sidecar {Path(path).name}.json and no {METADATA_KEY} metadata); "
+            "was it exported by fan-export?"
+        )
+    try:
+        return ModelContract.from_json(text)
+    except ContractError as exc:
+        raise ContractError(f"{path}: {exc}") from None
+
+
+class LandmarkSession:
+    """An exported FAN ready to locate landmarks in images.
+
+    ``backend`` is "auto" (by file suffix) or a name from
+    :data:`fan_edge.runtime.backends.BACKENDS`; ``device`` is "auto" or
+    "cpu" for now; ``threads`` caps the backend's intra-op threads.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str = "auto",
+        device: str = "auto",
+        threads: int | None = None,
+        *,
+        contract: ModelContract | None = None,
+        extra_outputs: tuple[str, ...] = (),
+    ) -> None:
+        self.path = Path(path)
+        self.backend = load_backend(self.path, backend, device, threads, extra_outputs)
+        self.contract = contract or read_contract(self.path, self.backend)
+        self._check_graph()
+
+    # ---- set-up ------------------------------------------------------------------------------
+
+    def _check_graph(self) -> None:
+        c = self.contract
+        inputs = self.backend.inputs
+        if len(inputs) != 1:
+            raise ContractError(f"{self.path}: expected one input, the graph has {len(inputs)}")
+        shape = inputs[0].shape
+        expected = (3, c.input_size, c.input_size) if c.layout == "NCHW" else (c.input_size, c.input_size, 3)
+        if len(shape) != 4 or any(s is not None and s != e for s, e in zip(shape[1:], expected)):
+            raise ContractError(f"{self.path}: input shape {shape} does not match the contract ({c.layout}, size {c.input_size})")
+        present = {o.name for o in self.backend.outputs}
+        missing = [n for n in c.output_names if n not in present]
+        if missing:
+            raise ContractError(
+                f"{self.path}: the contract names outputs {', '.join(missing)} that the graph does not have ({', '.join(sorted(present))})"
+            )
+        self.fixed_batch = None if self.backend.dynamic_batch else (shape[0] or 1)
+
+    @property
+    def input_size(self) -> int:
+        return self.contract.input_size
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    def run_raw(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run (N, 3, S, S) float32 network inputs (FAN's [0, 1] RGB) and return every raw output.
+
+        One call for the whole batch where the graph has a dynamic batch axis,
+        else fixed-size chunks (the last one padded).
+        """
+        x = np.asarray(batch, dtype=np.float32)
+        s = self.contract.input_size
+        if x.ndim != 4 or x.shape[1:] != (3, s, s):
+            raise DataError(f"expected network inputs of shape (N, 3, {s}, {s}), got {x.shape}")
+        if self.contract.layout == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
+        x = np.ascontiguousarray(x)
+        n = x.shape[0]
+        if self.fixed_batch is None or n == self.fixed_batch:
+            return self.backend.run(x)
+        b = self.fixed_batch
+        parts: list[dict[str, np.ndarray]] = []
+        for start in range(0, n, b):
+            chunk = x[start : start + b]
+            if len(chunk) < b:
+                chunk = np.concatenate([chunk, np.zeros((b - len(chunk),) + chunk.shape[1:], np.float32)])
+            parts.append(self.backend.run(chunk))
+        return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+
+    def run_crops(self, batch: np.ndarray) -> CropPrediction:
+        """Points (crop pixels) and scores for (N, 3, S, S) network inputs, decoded per the contract."""
+        c = self.contract
+        n = np.asarray(batch).shape[0] if np.ndim(batch) == 4 else -1
+        if n == 0:
+            k = c.num_landmarks
+            return CropPrediction(np.zeros((0, k, 2)), np.zeros((0, k), np.float32), None, {})
+        outputs = self.run_raw(batch)
+        if c.outputs == "heatmaps":
+            heatmaps = np.asarray(outputs[c.output_name("heatmaps")], dtype=np.float32)
+            points, scores = decode_heatmaps(heatmaps, c.input_size, c.refine)
+            return CropPrediction(points, scores, heatmaps, outputs)
+        points = np.asarray(outputs[c.output_name("landmarks")], dtype=np.float64)
+        scores = np.asarray(outputs[c.output_name("scores")], dtype=np.float32)
+        return CropPrediction(points, scores, None, outputs)
+
+    def crops(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Network inputs (N, 3, S, S) and crop matrices (N, 2, 3) for face boxes (N, 4) x1, y1, x2, y2."""
+        try:
+            rgb = as_rgb(image)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        b = np.asarray(boxes, dtype=np.float64)
+        if b.size and (b.ndim > 2 or b.shape[-1] != 4):
+            raise DataError(f"boxes must be (N, 4) x1, y1, x2, y2, got shape {b.shape}")
+        b = b.reshape(-1, 4)
+        if not np.all(np.isfinite(b)):
+            raise DataError("boxes must be finite")
+        s = self.contract.input_size
+        matrices = crop_matrices(b, s, self.contract.crop)
+        if len(b) == 0:
+            return np.zeros((0, 3, s, s), np.float32), matrices
+        crops = np.stack([warp_image(rgb, m, s) for m in matrices])
+        return to_network_input(crops), matrices
+
+    def predict(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks of every face box in an RGB image: (N, K, 2) image pixels and (N, K) scores."""
+        x, matrices = self.crops(image, boxes)
+        result = self.run_crops(x)
+        return crop_points_to_image(result.points, matrices), result.scores
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "LandmarkSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self.contract
+        what = f"{c.model or 'model'} {c.precision} {c.outputs}, input {c.input_size}"
+        return f"LandmarkSession({str(self.path)!r}, backend={self.backend.name}, {what})"
