@@ -93,7 +93,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_bundle(args: argparse.Namespace) -> int:
     from .bench.zoo import bundle
 
-    path = bundle(args.checkpoint, args.name, args.data, default=args.default, description=args.description)
+    path = bundle(args.checkpoint, args.name, args.data, default=args.default, description=args.description, notes=args.notes)
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"bundled {args.name} -> {path}")
     print(json.dumps(card["figures"], indent=2))
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder the card's figures are measured on (never trained on)")
     p.add_argument("--default", action="store_true", help="make it the bundled default model")
     p.add_argument("--description", default="")
+    p.add_argument("--notes", default="", help="anything the recipe alone does not say (e.g. a schedule changed mid-run)")
     p.set_defaults(handler=_cmd_bundle)
     return parser
 

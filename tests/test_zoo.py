@@ -59,3 +59,8 @@ def test_gaussian_refinement_recovers_arbitrary_subcell_points(size: int):
     np.testing.assert_allclose(decoded[0], points, atol=1e-3)
     quarter, _ = decode_heatmaps(maps[None], size, refine="quarter")
     assert np.abs(quarter[0] - points).max() > 0.1  # the quarter step alone cannot do this
+
+
+def test_docs_table_is_the_registry_table():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "zoo.md").read_text()
+    assert format_table(zoo_rows(), markdown=True) in docs, "docs/zoo.md is stale: regenerate with `fan-edge models --markdown`"

@@ -59,6 +59,7 @@ def bundle(
     default: bool = False,
     description: str = "",
     folder: str | Path | None = None,
+    notes: str = "",
 ) -> Path:
     """Copy ``checkpoint`` into the package (or ``folder``) as zoo model ``name`` with a freshly measured card."""
     if _NAME.fullmatch(name) or name == "default":
@@ -69,6 +70,8 @@ def bundle(
     card = {k: v for k, v in source.card.items() if k not in ("figures", "parameters", "macs")}
     card.update(measured)
     card.update(name=name, description=description or card.get("description", ""), default=default)
+    if notes:
+        card["notes"] = notes
     if default:
         for other in folder.glob("*.json"):
             data_ = json.loads(other.read_text())
