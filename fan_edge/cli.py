@@ -199,7 +199,8 @@ def _train_parser(distill: bool) -> argparse.ArgumentParser:
 
         values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec) if hasattr(args, f.name)}
         result = train(TrainSpec(**values), resume=not args.fresh)
-        return 0 if not result["stopped"] else 3
+        # A stop the user asked for (--max-minutes, --max-batches) is a success; a signal is not.
+        return 130 if result.get("reason") == "signal" else 0
 
     parser.set_defaults(handler=handler)
     return parser

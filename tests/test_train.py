@@ -126,16 +126,21 @@ def test_distill_uses_unlabeled_faces(faces: Path, data_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
-def test_torchrun_two_cpu_processes(faces: Path, tmp_path: Path):
+def test_torchrun_two_cpu_processes_stop_together_and_resume(faces: Path, tmp_path: Path):
     out = tmp_path / "ddp"
     env = dict(os.environ, FAN_EDGE_NO_PROGRESS="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "fan_edge.train", "--model", TINY, "--data", str(faces), "--out", str(out),
-           "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+           "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
+    # 16 faces, 2 ranks x batch 4: 2 steps an epoch. Stop after 3 steps (inside epoch 2), on both ranks at once.
+    first = subprocess.run(cmd + ["--max-batches", "3"], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "stopped by --max-batches" in (out / "train.log").read_text()
+    state = torch.load(out / LAST, weights_only=True)
+    assert (state["epoch"], state["batch"]) == (1, 1)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
     log = (out / "train.log").read_text()
-    assert "world 2" in log and "epoch 1/1" in log
-    assert (out / "best.safetensors").is_file()
-    # 16 faces, 2 ranks x batch 4: two optimizer steps, each rank saw distinct faces
-    assert np.isfinite(float(log.split("loss=")[1].split()[0]))
+    assert "world 2" in log and "resuming" in log and "epoch 2/2" in log
+    assert (out / "final.safetensors").is_file()
+    assert np.isfinite(float(log.split("epoch 2/2 loss=")[1].split()[0]))

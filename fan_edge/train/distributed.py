@@ -51,6 +51,14 @@ class Distributed:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank."""
+        if self.world <= 1:
+            return flag
+        t = torch.tensor([1 if flag else 0], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()

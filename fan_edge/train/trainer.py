@@ -224,7 +224,7 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     def _on_signal(signum: int, _frame: Any) -> None:
         stop["flag"] = True
 
-    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if dist.is_main else {}
+    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     done_batches = 0
     last_save = time.monotonic()
@@ -272,11 +272,12 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
                 done_batches += 1
                 out_of_time = spec.max_minutes is not None and time.monotonic() - started > 60 * spec.max_minutes
                 out_of_batches = spec.max_batches is not None and done_batches >= spec.max_batches
-                if stop["flag"] or out_of_time or out_of_batches:
+                # Every rank must stop at the same batch, or one would wait forever in the next all-reduce.
+                if dist.any(stop["flag"] or out_of_time or out_of_batches):
                     save(epoch, b + 1)
                     reason = "signal" if stop["flag"] else ("--max-minutes" if out_of_time else "--max-batches")
                     log.info("stopped by %s at epoch %d batch %d; resume with the same command", reason, epoch, b + 1)
-                    return {"stopped": True, "epoch": epoch, "best": best, "out": str(out)}
+                    return {"stopped": True, "reason": reason, "epoch": epoch, "best": best, "out": str(out)}
                 if time.monotonic() - last_save > 60 * spec.checkpoint_minutes:
                     save(epoch, b + 1)
                     last_save = time.monotonic()
