@@ -215,7 +215,7 @@ def distill_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _export_parser() -> argparse.ArgumentParser:
-    """``fan-export``: a FAN to ONNX / OpenVINO artifacts with their contract, checked against PyTorch."""
+    """``fan-export``: a FAN to ONNX / OpenVINO / TFLite / Core ML artifacts with their contract, checked against PyTorch."""
     from .export.exporter import TARGETS
 
     parser = argparse.ArgumentParser(

@@ -147,12 +147,24 @@ def test_failed_export_keeps_the_older_artifact(tiny_checkpoint, synthetic_faces
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
 
 
-def test_user_errors_are_one_line(tiny_checkpoint, synthetic_faces, tmp_path, capsys):
+def test_user_errors_are_one_line(tiny_checkpoint, synthetic_faces, tmp_path, capsys, monkeypatch):
+    import dataclasses
+    import importlib.util
+
+    from fan_edge.export.exporter import TARGETS
+
     base = ["--model", str(tiny_checkpoint), "--no-verify", "--output", str(tmp_path / "x")]
-    for target in ("tflite", "coreml"):
-        assert export_main(["--target", target, *base]) == 2
-        err = capsys.readouterr().err.strip()
-        assert "not implemented yet" in err and len(err.splitlines()) == 1
+    monkeypatch.setitem(TARGETS, "coreml", dataclasses.replace(TARGETS["coreml"], exporter=None))
+    assert export_main(["--target", "coreml", *base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not implemented yet" in err and len(err.splitlines()) == 1
+    # A target whose packages are absent names the extra to install, in one line.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real_find_spec(name, *a))
+    assert export_main(["--target", "tflite", *base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fan-edge[tflite]" in err and "litert_torch" in err and len(err.splitlines()) == 1
+    monkeypatch.undo()
     assert export_main(["--target", "onnx", "--precision", "int8", *base]) == 2
     assert "--calib" in capsys.readouterr().err
     empty = tmp_path / "empty"

@@ -196,9 +196,9 @@ def test_backend_and_device_errors(exported, tmp_path):
         LandmarkSession(path, backend="tensorrt")
     with pytest.raises(BackendError, match="no such file"):
         LandmarkSession(tmp_path / "missing.onnx")
-    (tmp_path / "m.tflite").write_bytes(b"x")
-    with pytest.raises(BackendError, match="no backend reads .tflite"):
-        LandmarkSession(tmp_path / "m.tflite")
+    (tmp_path / "m.engine").write_bytes(b"x")
+    with pytest.raises(BackendError, match="no backend reads .engine"):
+        LandmarkSession(tmp_path / "m.engine")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(BackendError, match="cannot load"):
         LandmarkSession(tmp_path / "junk.onnx")

@@ -3,9 +3,9 @@
 :class:`FaceCrops` picks a bounded, evenly spread (and seeded) selection of
 the annotated faces of a folder, crops each one with the model's crop
 (:class:`fan_edge.data.FaceFolder`, boxes from the ground-truth points, no
-augmentation) and serves NCHW float32 batches, plus adapters for the two
-post-training quantizers: an ONNX Runtime ``CalibrationDataReader`` and an
-``nncf.Dataset``. The export's parity report reads the same crops, with their
+augmentation) and serves NCHW float32 batches, plus adapters for the
+post-training quantizers: an ONNX Runtime ``CalibrationDataReader``, an
+``nncf.Dataset`` and ai-edge-quantizer's calibration data (TFLite). The export's parity report reads the same crops, with their
 crop matrices and ground truth. Torch-free.
 """
 
@@ -114,3 +114,10 @@ class FaceCrops:
         import nncf
 
         return nncf.Dataset(list(self.batches()))
+
+    def litert_calibration(self, input_name: str = "input", layout: str = "NCHW", signature: str = "serving_default"):
+        """ai-edge-quantizer's calibration data: ``{signature: [{input_name: batch}, ...]}``, NHWC when asked."""
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"unknown layout {layout!r}")
+        batches = [np.ascontiguousarray(b.transpose(0, 2, 3, 1) if layout == "NHWC" else b) for b in self.batches()]
+        return {signature: [{input_name: b} for b in batches]}

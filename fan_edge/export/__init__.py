@@ -1,4 +1,4 @@
-"""From a PyTorch FAN to deployable artifacts (ONNX, OpenVINO IR; TFLite and Core ML to come).
+"""From a PyTorch FAN to deployable artifacts (ONNX, OpenVINO IR, TFLite, Core ML).
 
 ``export_model`` (and the ``fan-export`` command) writes each artifact with
 its preprocessing contract inside and in a sidecar JSON, atomically, then

@@ -46,6 +46,9 @@ class Target:
     packages: tuple[str, ...]  # import names the exporter needs
     extra: str  # pip extra that installs them
     backend: str | None  # runtime backend that runs the artifact (for the parity report)
+    # Status of an artifact that no backend here can run (backend None): the parity check is skipped, not failed.
+    unverified: str = "not verified"
+    int8_needs_calibration: bool = True  # False where int8 quantizes weights only (Core ML)
 
 
 TARGETS: dict[str, Target] = {
@@ -57,8 +60,15 @@ TARGETS: dict[str, Target] = {
         "openvino", "OpenVINO", ".xml", "fan_edge.export.openvino_export:export_openvino", PRECISIONS,
         ("openvino", "nncf", "onnx", "onnxscript", "onnxslim"), "openvino", "openvino",
     ),
-    "tflite": Target("tflite", "TFLite", ".tflite", None, PRECISIONS, ("ai_edge_litert",), "tflite", None),
-    "coreml": Target("coreml", "Core ML", ".mlpackage", None, PRECISIONS, ("coremltools",), "coreml", None),
+    "tflite": Target(
+        "tflite", "TFLite", ".tflite", "fan_edge.export.tflite_export:export_tflite", PRECISIONS,
+        ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), "tflite", "litert",
+    ),
+    # An .mlpackage is a folder; Core ML runs only on Apple platforms, so its parity check cannot run here.
+    "coreml": Target(
+        "coreml", "Core ML", ".mlpackage", "fan_edge.export.coreml_export:export_coreml", PRECISIONS,
+        ("coremltools",), "coreml", None, unverified="exported; prediction needs macOS", int8_needs_calibration=False,
+    ),
 }
 
 
@@ -70,7 +80,7 @@ class ExportResult:
     path: Path
     files: list[Path]
     seconds: float
-    status: str  # "ok", "failed accuracy" or "not verified"
+    status: str  # "ok", "failed accuracy", "not verified", or the target's ``unverified`` status (Core ML)
     parity: ParityReport | None = None
     contract: ModelContract | None = field(default=None, repr=False)
 
@@ -78,7 +88,7 @@ class ExportResult:
     def size_mb(self) -> float:
         """The artifact's size (its sidecar excluded)."""
         sidecar = sidecar_path(self.path)
-        return sum(f.stat().st_size for f in self.files if f.is_file() and f != sidecar) / 1e6
+        return sum(_size(f) for f in self.files if f != sidecar) / 1e6
 
     @property
     def ok(self) -> bool:
@@ -96,6 +106,15 @@ class ExportResult:
             "seconds": round(self.seconds, 2),
             "parity": self.parity.to_dict() if self.parity else None,
         }
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder (an .mlpackage)."""
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return 0
 
 
 def _split(values: str | Sequence[str], what: str, choices: Sequence[str]) -> list[str]:
@@ -170,9 +189,11 @@ def _outputs_for(output: str | Path | None, combos: list[tuple[Target, str]], na
     if output is None:
         return [default_output(name, t, p, outputs) for t, p in combos]
     out = Path(output)
-    as_folder = out.is_dir() or str(output).endswith(("/", "\\")) or len(combos) > 1
+    # An existing .mlpackage is a folder too, but it is an artifact to replace, not a place to write into.
+    artifact_name = out.suffix.lower() in {t.suffix for t in TARGETS.values()} and not str(output).endswith(("/", "\\"))
+    as_folder = (out.is_dir() and not artifact_name) or str(output).endswith(("/", "\\")) or len(combos) > 1
     if as_folder:
-        if out.exists() and not out.is_dir():
+        if (out.exists() and not out.is_dir()) or artifact_name:
             raise ExportError(f"{out}: several artifacts need --output to be a folder")
         return [default_output(name, t, p, outputs, out) for t, p in combos]
     (target, _), = combos
@@ -218,7 +239,9 @@ def export_model(
 
     # Fail fast on the data before any slow step.
     verify_dir: Path | None = None
-    if verify is None or verify is True:
+    if not any(t.backend for t in targets):
+        pass  # nothing here can run these artifacts (Core ML): their status says so, no faces needed
+    elif verify is None or verify is True:
         verify_dir = Path(calib) if calib is not None else default_verify_dir()
         if verify_dir is None:
             raise ExportError("no faces to verify the export on: pass --verify DIR (images with .pts), or --no-verify")
@@ -228,7 +251,7 @@ def export_model(
     net, name, card = resolve_model(model, trust, input_size)
     cfg = net.config
     calibration = None
-    if any(p == "int8" for _, p in combos):
+    if any(p == "int8" and t.int8_needs_calibration for t, p in combos):
         if calib is None:
             raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
         calibration = FaceCrops(calib, cfg.input_size, cfg.crop, count=calib_faces, seed=0)
@@ -245,11 +268,17 @@ def export_model(
         with Staging(out) as staging:
             job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared)
             files = list(_exporter(t)(job))
+            contract = job.contract  # the target may have refined it (layout, I/O quantization)
             staging.path(sidecar).write_text(contract.to_json(indent=2) + "\n")
             staging.commit(files + [sidecar])
         seconds = time.perf_counter() - started
         result = ExportResult(t.name, p, outputs, out, [*files, sidecar], seconds, "not verified", contract=contract)
-        if faces is not None:
+        if t.backend is None and verify is not False:
+            result.status = t.unverified
+            verified = contract.replace(verification={"status": result.status})
+            write_text_atomic(sidecar, verified.to_json(indent=2) + "\n")
+            result.contract = verified
+        elif faces is not None:
             tol = (tolerances or TOLERANCES)[p]
             report = verify_artifact(out, net, faces, p, backend=t.backend or "auto", tolerance=tol)
             result.parity = report

@@ -19,7 +19,11 @@ class ExportJob:
     ``job.staging.path(final)`` (never to the final names), embeds
     ``job.contract`` in the format's own metadata, and returns the final
     paths in commit order, main artifact last-but-sidecar (OpenVINO: ``.bin``
-    then ``.xml``). The orchestrator adds the sidecar and commits.
+    then ``.xml``). A target may refine the contract by replacing
+    ``job.contract`` (TFLite: ``layout="NHWC"`` and its I/O quantization)
+    before embedding it; the orchestrator writes that one to the sidecar,
+    then commits. A folder artifact (``.mlpackage``) is written whole at
+    ``job.staging.path(final)`` and committed as one folder.
     ``shared`` is a cache shared by the jobs of one export call (e.g. the
     fp32 ONNX graph that several targets start from).
     """

@@ -12,6 +12,10 @@ elementwise maths. Choices that make the graph portable and exact:
   (OpenVINO's ``compress_to_fp16``) cannot round a 64x64 map's indices.
 - Neighbours are read with one-hot masks (``where(index == i, map, 0)``
   summed), not a gather: exact, and every converter knows the ops.
+- No reshape: every tensor stays (N, K, H, W) or (N, K, 1, 1), reductions
+  run over (H, W) and drop size-1 axes. A reshape whose shape holds the
+  dynamic batch size is what litert-torch's lowering cannot trace (TFLite
+  with a dynamic batch axis).
 - The Gaussian step uses log ratios (``log(b / c)``) rather than differences
   of logs, which keeps float32 within 1e-6 of the float64 reference.
 
@@ -38,12 +42,14 @@ class LandmarkHead(nn.Module):
         self.heatmap_size = heatmap_size
         self.refine = refine
         self.stride = input_size / heatmap_size
-        self.register_buffer("index", torch.arange(heatmap_size * heatmap_size, dtype=torch.int32).view(1, 1, -1), persistent=False)
+        h = heatmap_size
+        # Flat (row-major) index of every cell, laid out as a map: (1, 1, H, W).
+        self.register_buffer("index", torch.arange(h * h, dtype=torch.int32).view(1, 1, h, h), persistent=False)
 
-    def _at(self, flat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """flat[..., idx] for an index per (n, k), through a one-hot mask (0 when idx is out of range)."""
-        mask = self.index == idx.unsqueeze(-1)
-        return torch.where(mask, flat, torch.zeros_like(flat)).sum(dim=-1)
+    def _at(self, hm: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """hm at flat index idx (N, K, 1, 1), through a one-hot mask (0 when idx is out of range): (N, K, 1, 1)."""
+        mask = self.index == idx
+        return torch.where(mask, hm, torch.zeros_like(hm)).sum(dim=(2, 3), keepdim=True)
 
     @staticmethod
     def _toward_higher(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -63,15 +69,14 @@ class LandmarkHead(nn.Module):
     def forward(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hm = heatmaps.float()
         h = w = self.heatmap_size
-        flat = hm.flatten(2)  # (N, K, H*W)
-        peak = flat.amax(dim=-1, keepdim=True)
+        peak = hm.amax(dim=(2, 3), keepdim=True)  # (N, K, 1, 1)
         big = torch.full_like(self.index, h * w)
-        idx = torch.where(flat == peak, self.index, big).amin(dim=-1)  # (N, K) int32: first maximum
+        idx = torch.where(hm == peak, self.index, big).amin(dim=(2, 3), keepdim=True)  # (N, K, 1, 1) int32: first maximum
         py = torch.div(idx, w, rounding_mode="floor")
         px = idx - py * w
-        centre = peak.squeeze(-1)
-        left, right = self._at(flat, idx - 1), self._at(flat, idx + 1)
-        up, down = self._at(flat, idx - w), self._at(flat, idx + w)
+        centre = peak
+        left, right = self._at(hm, idx - 1), self._at(hm, idx + 1)
+        up, down = self._at(hm, idx - w), self._at(hm, idx + w)
         inner_x = (px > 0) & (px < w - 1)
         inner_y = (py > 0) & (py < h - 1)
         zero = torch.zeros_like(centre)
@@ -84,7 +89,8 @@ class LandmarkHead(nn.Module):
         offset = (self.stride - 1.0) / 2.0
         x = (px.float() + dx) * self.stride + offset
         y = (py.float() + dy) * self.stride + offset
-        return torch.stack([x, y], dim=-1), centre
+        # (N, K, 1, 1) -> (N, K, 1) by a reduction over the size-1 axis (exact), then (N, K, 2) and (N, K).
+        return torch.cat([x.sum(dim=-1), y.sum(dim=-1)], dim=-1), centre.sum(dim=(2, 3))
 
 
 class FANWithLandmarks(nn.Module):

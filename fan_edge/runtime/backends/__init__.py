@@ -2,9 +2,10 @@
 
 A backend loads an artifact and runs NCHW (or NHWC) float32 batches through
 it; it knows nothing about faces, crops or decoding (that is
-:mod:`fan_edge.runtime.session`). Adding a backend (TFLite's LiteRT, Core ML)
+:mod:`fan_edge.runtime.session`). Adding a backend
 is one module with a :class:`Backend` subclass and one row of
-:data:`BACKENDS`. Backend modules import their library lazily, so that
+:data:`BACKENDS` (``litert`` runs ``.tflite``; Core ML has none: it runs only
+on Apple platforms). Backend modules import their library lazily, so that
 ``import fan_edge.runtime`` needs numpy alone.
 """
 
@@ -90,6 +91,7 @@ class BackendEntry:
 BACKENDS: dict[str, BackendEntry] = {
     "onnxruntime": BackendEntry("onnxruntime_backend", "OnnxRuntimeBackend", (".onnx",), "onnxruntime", "onnx"),
     "openvino": BackendEntry("openvino_backend", "OpenVINOBackend", (".xml", ".onnx"), "openvino", "openvino"),
+    "litert": BackendEntry("litert_backend", "LiteRTBackend", (".tflite",), "ai_edge_litert", "tflite"),
 }
 
 
