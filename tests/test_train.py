@@ -144,3 +144,65 @@ def test_torchrun_two_cpu_processes_stop_together_and_resume(faces: Path, tmp_pa
     assert "world 2" in log and "resuming" in log and "epoch 2/2" in log
     assert (out / "final.safetensors").is_file()
     assert np.isfinite(float(log.split("epoch 2/2 loss=")[1].split()[0]))
+
+
+def test_warm_start_grows_stacks_from_the_last_one(tmp_path: Path):
+    from fan_edge.train.warm_start import grow_stacks, warm_start
+
+    torch.manual_seed(3)
+    small = create_model("fan2-w32-i128", weights=False)
+    path = save_checkpoint(small, tmp_path / "two.safetensors")
+    big = warm_start(create_model("fan4-w32-i128", weights=False), str(path)).eval()
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        grown, original = big.forward_stacks(x), small.eval().forward_stacks(x)
+    # The first two stacks are the checkpoint's own; the new ones start as copies of its last stack and link.
+    for a, b in zip(grown[:2], original):
+        torch.testing.assert_close(a, b)
+    sd = big.state_dict()
+    torch.testing.assert_close(sd["m3.b1_4.conv1.weight"], small.state_dict()["m1.b1_4.conv1.weight"])
+    torch.testing.assert_close(sd["al2.weight"], small.state_dict()["al0.weight"])
+    one = save_checkpoint(create_model("fan1-w32-i128", weights=False), tmp_path / "one.safetensors")
+    with pytest.raises(Exception, match="at least 2 stacks"):
+        grow_stacks(read_checkpoint(one).state_dict, 3)
+
+
+def test_fan_train_init_flag_is_in_the_recipe(faces: Path, tmp_path: Path):
+    small = save_checkpoint(create_model("fan2-w32-i128", weights=False), tmp_path / "two.safetensors")
+    spec = TrainSpec(model="fan3-w32-i128", init=str(small), data=[str(faces)], out=str(tmp_path / "run"), epochs=1,
+                     max_batches=1, workers=0, device="cpu")
+    train(spec)
+    assert f"--init {small}" in spec.command()
+
+
+def test_teacher_heatmaps_land_on_a_smaller_students_grid():
+    """A 128-px teacher's heatmaps, resampled for a 64-px student, decode to the same crop points."""
+    from fan_edge.data.heatmaps import gaussian_heatmaps
+    from fan_edge.runtime.decode import decode_heatmaps
+    from fan_edge.train.trainer import teacher_heatmaps
+
+    rng = np.random.default_rng(0)
+    points64 = rng.uniform(12, 52, (68, 2))
+    points128 = 2 * points64 + 0.5  # the same crop window at twice the resolution (pixel centres)
+
+    class Oracle(torch.nn.Module):  # a "teacher" that returns exact targets for whatever 128-px crop it sees
+        config = create_model("fan1-w32-i128", weights=False).config
+
+        def forward(self, x):
+            assert x.shape[-1] == 128
+            return torch.from_numpy(gaussian_heatmaps(points128, 128, sigma=1.5))[None]
+
+    soft = teacher_heatmaps(Oracle(), torch.zeros(1, 3, 64, 64), 16).numpy()
+    assert soft.shape == (1, 68, 16, 16)
+    decoded, _ = decode_heatmaps(soft, 64, "gaussian")
+    assert np.abs(decoded[0] - points64).max() < 0.35  # px of the 64-px crop (a quarter of a 4-px cell is 1 px)
+
+
+def test_distill_refuses_a_teacher_with_another_crop(faces: Path, tmp_path: Path):
+    teacher = save_checkpoint(create_model("fan1-w32-i128", weights=False), tmp_path / "t.safetensors")
+    spec = TrainSpec(model="fan1-w32-i64", teacher=str(teacher), data=[str(faces)], out=str(tmp_path / "run"),
+                     epochs=1, max_batches=1, workers=0, device="cpu", reference_scale=280.0)
+    with pytest.raises(Exception, match="crop"):
+        train(spec)
+    spec.reference_scale = None
+    train(spec)  # same crop, other input size: runs

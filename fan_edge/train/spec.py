@@ -16,6 +16,7 @@ from typing import Any
 @dataclass
 class TrainSpec:
     model: str = "default"
+    init: str | None = None  # start from this checkpoint's weights (extra stacks copy its last one)
     data: list[str] = field(default_factory=list)
     val: str | None = None
     out: str = "runs/train"

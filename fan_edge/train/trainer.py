@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_path, write_text_atomic
@@ -34,6 +35,7 @@ from ..models.fan import FAN
 from .distributed import Distributed
 from .losses import LOSSES, stack_weights, stacked_loss
 from .spec import TrainSpec
+from .warm_start import warm_start
 
 LAST = "last.ckpt"
 BEST = "best.safetensors"
@@ -91,6 +93,8 @@ def _setup_logging(out: Path, is_main: bool) -> None:
 def build_model(spec: TrainSpec) -> FAN:
     """The student: a registry variant or a checkpoint, with the spec's preprocessing overrides."""
     model = create_model(spec.model, input_size=spec.input_size)
+    if spec.init:
+        warm_start(model, spec.init)
     cfg = model.config
     crop = cfg.crop
     if spec.reference_scale is not None or spec.center_shift is not None:
@@ -199,6 +203,11 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
         teacher = create_model(spec.teacher).to(dist.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+        if teacher.config.crop != model.config.crop:
+            raise ConfigError(
+                f"teacher crop {teacher.config.crop} differs from the student's {model.config.crop}: its heatmaps would not line up; "
+                "give the student the teacher's --reference-scale and --center-shift"
+            )
     model.to(dist.device)
     model.train()
     dataset = _datasets(spec, model, require_points=teacher is None)
@@ -256,7 +265,7 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
                 mask = batch["has_points"].to(dist.device).float()
                 if teacher is not None:
                     with torch.no_grad():
-                        soft = teacher(images)
+                        soft = teacher_heatmaps(teacher, images, outputs[-1].shape[-1])
                     loss = spec.distill_weight * stacked_loss(outputs, soft, spec.loss, weights)
                     if mask.sum() > 0:
                         loss = loss + (1 - spec.distill_weight) * stacked_loss(outputs, target, spec.loss, weights, mask)
@@ -309,6 +318,24 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
         save_checkpoint(model, out / FINAL, _card(spec, model, final_figures, spec.epochs))
         log.info("done: final %s, best %s", json.dumps(final_figures), json.dumps(best))
     return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out)}
+
+
+def teacher_heatmaps(teacher: FAN, images: torch.Tensor, size: int) -> torch.Tensor:
+    """The teacher's heatmaps for the student's crops, on the student's heatmap grid.
+
+    A student at another input size sees the same crop window at another
+    resolution: the teacher gets it resampled to its own size (bilinear with
+    pixel centres kept, ``align_corners=False``), and its heatmaps are
+    area-resampled to the student's grid, which for a 2x ratio puts each
+    student cell exactly at the mean of the two teacher cells it covers.
+    """
+    s = teacher.config.input_size
+    if images.shape[-1] != s:
+        images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False)
+    heatmaps = teacher(images)
+    if heatmaps.shape[-1] != size:
+        heatmaps = F.interpolate(heatmaps, size=(size, size), mode="area")
+    return heatmaps
 
 
 def _progress(total: int, first: int, epoch: int, epochs: int, enabled: bool):

@@ -1,0 +1,56 @@
+"""Warm starts: begin a variant from another checkpoint's weights instead of from noise.
+
+On two CPU cores a 4-stack model trained from scratch costs hours; starting it
+from a trained 2-stack model of the same width reaches the same place far
+sooner. FAN's stacks share one shape (hourglass, head, the links into the next
+stack), so the extra stacks start as copies of the checkpoint's last stack and
+its links; training then lets them specialise. Fewer stacks than the
+checkpoint is the ordinary early-exit truncation of :func:`load_weights`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import CheckpointError
+from ..models.checkpoints import _STACK_KEY, load_weights, read_checkpoint
+from ..models.fan import FAN
+
+
+def _stack_count(state_dict: dict[str, torch.Tensor]) -> int:
+    hourglasses = {int(m[2]) for k in state_dict if (m := _STACK_KEY.match(k)) and m[1] == "m"}
+    if not hourglasses:
+        raise CheckpointError("the checkpoint has no hourglass stacks (m0.*)")
+    return max(hourglasses) + 1
+
+
+def grow_stacks(state_dict: dict[str, torch.Tensor], stacks: int) -> dict[str, torch.Tensor]:
+    """``state_dict`` with ``stacks`` stacks: stacks beyond its own copy its last stack, links copy its last link."""
+    have = _stack_count(state_dict)
+    if stacks <= have:
+        return dict(state_dict)
+    if have < 2 and stacks > 1:
+        # A 1-stack checkpoint has no inter-stack links (bl/al) to copy: they would start random.
+        raise CheckpointError("growing needs a checkpoint with at least 2 stacks (a 1-stack one has no inter-stack links)")
+    grown = dict(state_dict)
+    for key, value in state_dict.items():
+        m = _STACK_KEY.match(key)
+        if not m:
+            continue
+        kind, index = m[1], int(m[2])
+        rest = key[m.end():]
+        if kind in ("bl", "al"):
+            if index == have - 2:  # the last link feeds every new stack
+                for i in range(have - 1, stacks - 1):
+                    grown[f"{kind}{i}.{rest}"] = value.clone()
+        elif index == have - 1:
+            for i in range(have, stacks):
+                grown[f"{kind}{i}.{rest}"] = value.clone()
+    return grown
+
+
+def warm_start(model: FAN, path: str, trust: bool = False) -> FAN:
+    """Load ``path``'s weights into ``model`` (same width), growing or truncating the stacks to fit."""
+    checkpoint = read_checkpoint(path, trust=trust)
+    load_weights(model, grow_stacks(checkpoint.state_dict, model.config.stacks))
+    return model
