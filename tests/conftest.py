@@ -79,6 +79,20 @@ def synthetic_faces(tmp_path_factory) -> Path:
     return _synthetic_faces(tmp_path_factory.mktemp("faces"))
 
 
+def randomise_batchnorm(model):
+    """Give every BatchNorm non-trivial statistics and affine weights (an untrained net's are identities)."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """fan1-w32-i128 with random weights and BatchNorm statistics, Gaussian refinement and a non-default crop,
@@ -90,14 +104,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     config = FANConfig(stacks=1, width=32, input_size=128, refine="gaussian", crop=CropSpec(reference_scale=280.0, center_shift=0.0))
-    model = create_model(config, weights=False)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
+    model = randomise_batchnorm(create_model(config, weights=False))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     return save_checkpoint(model, path, card={"description": "test model, random weights"})
 

@@ -7,6 +7,8 @@ user's official weights load with ``strict=True``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,19 +26,31 @@ class ConvBlock(nn.Module):
     quantization must respect.
     """
 
-    def __init__(self, in_planes: int, out_planes: int) -> None:
+    def __init__(
+        self, in_planes: int, out_planes: int, split: tuple[int, int, int] | None = None, downsample: bool | None = None
+    ) -> None:
+        """``split`` (a pruned block's three conv widths, summing to ``out_planes``) and ``downsample``
+        (kept even where pruning made the widths equal) default to the designed block."""
         super().__init__()
-        if out_planes % 4:
-            raise ValueError(f"ConvBlock output channels must be divisible by 4, got {out_planes}")
-        half, quarter = out_planes // 2, out_planes // 4
+        if split is None:
+            if out_planes % 4:
+                raise ValueError(f"ConvBlock output channels must be divisible by 4, got {out_planes}")
+            split = (out_planes // 2, out_planes // 4, out_planes // 4)
+        elif sum(split) != out_planes or min(split) < 1:
+            raise ValueError(f"ConvBlock split {split} does not make {out_planes} output channels")
+        a, b, c = split
+        if downsample is None:
+            downsample = in_planes != out_planes
+        elif not downsample and in_planes != out_planes:
+            raise ValueError(f"ConvBlock without downsample must keep its width, got {in_planes} -> {out_planes}")
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = conv3x3(in_planes, half)
-        self.bn2 = nn.BatchNorm2d(half)
-        self.conv2 = conv3x3(half, quarter)
-        self.bn3 = nn.BatchNorm2d(quarter)
-        self.conv3 = conv3x3(quarter, quarter)
+        self.conv1 = conv3x3(in_planes, a)
+        self.bn2 = nn.BatchNorm2d(a)
+        self.conv2 = conv3x3(a, b)
+        self.bn3 = nn.BatchNorm2d(b)
+        self.conv3 = conv3x3(b, c)
         self.downsample: nn.Module | None = None
-        if in_planes != out_planes:
+        if downsample:
             self.downsample = nn.Sequential(
                 nn.BatchNorm2d(in_planes),
                 nn.ReLU(inplace=True),
@@ -55,19 +69,25 @@ class ConvBlock(nn.Module):
 class HourGlass(nn.Module):
     """Recursive hourglass: an upper branch at full resolution, a lower one at half, summed."""
 
-    def __init__(self, depth: int, features: int) -> None:
+    def __init__(self, depth: int, features: int, splits: Mapping[str, tuple[int, int, int]] | None = None) -> None:
+        """``splits``: a pruned hourglass's per-block conv widths by block name (``b1_4``...); each sums to ``features``."""
         super().__init__()
         self.depth = depth
+        self._splits = dict(splits or {})
         self._build(depth, features)
+        del self._splits
+
+    def _block(self, name: str, features: int) -> None:
+        self.add_module(name, ConvBlock(features, features, self._splits.get(name)))
 
     def _build(self, level: int, features: int) -> None:
-        self.add_module(f"b1_{level}", ConvBlock(features, features))
-        self.add_module(f"b2_{level}", ConvBlock(features, features))
+        self._block(f"b1_{level}", features)
+        self._block(f"b2_{level}", features)
         if level > 1:
             self._build(level - 1, features)
         else:
-            self.add_module(f"b2_plus_{level}", ConvBlock(features, features))
-        self.add_module(f"b3_{level}", ConvBlock(features, features))
+            self._block(f"b2_plus_{level}", features)
+        self._block(f"b3_{level}", features)
 
     def _level(self, level: int, x: torch.Tensor) -> torch.Tensor:
         upper = self._modules[f"b1_{level}"](x)

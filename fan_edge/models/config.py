@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..runtime.crop import CropSpec
+from .channels import ChannelLayout, channels_of_stacks, normalise_channels, resolve_layout
 
 SUPPORTED_INPUT_SIZES = (256, 192, 128)
 RELEASED_WIDTH = 256
@@ -36,6 +37,9 @@ class FANConfig:
     hourglass_depth: int = 4
     crop: CropSpec = field(default_factory=CropSpec)
     refine: str = "quarter"  # heatmap peak refinement, see fan_edge.runtime.decode
+    # Per-layer output channels where they differ from the uniform layout (structured pruning), as
+    # (conv name, count) pairs; a dict is accepted. None: every layer as ``width`` says. See models/channels.py.
+    channels: tuple[tuple[str, int], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("stacks", "width", "input_size", "num_landmarks", "hourglass_depth"):
@@ -66,6 +70,18 @@ class FANConfig:
                 raise ConfigError(str(exc)) from None
         if not isinstance(self.crop, CropSpec):
             raise ConfigError(f"crop must be a CropSpec or a dict, got {type(self.crop).__name__}")
+        object.__setattr__(self, "channels", normalise_channels(self.channels))
+        if self.channels is not None:
+            self.layout  # noqa: B018 - raises ConfigError on an inconsistent map
+
+    @property
+    def layout(self) -> ChannelLayout:
+        """Every block's channel counts (uniform unless ``channels`` says otherwise)."""
+        return resolve_layout(self, dict(self.channels or ()))
+
+    @property
+    def pruned(self) -> bool:
+        return self.channels is not None
 
     @property
     def heatmap_size(self) -> int:
@@ -79,10 +95,18 @@ class FANConfig:
         return tuple(int(c * scale) for c in RELEASED_STEM)  # type: ignore[return-value]
 
     def replace(self, **changes: Any) -> "FANConfig":
+        """A changed copy; fewer ``stacks`` also drops the removed stacks' ``channels`` entries (early exit)."""
+        if "stacks" in changes and "channels" not in changes and isinstance(changes["stacks"], int):
+            changes["channels"] = channels_of_stacks(self.channels, changes["stacks"])
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        # Absent rather than null when uniform, so that every unpruned config serialises as it always has.
+        channels = data.pop("channels")
+        if channels is not None:
+            data["channels"] = dict(channels)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

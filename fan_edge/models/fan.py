@@ -23,21 +23,30 @@ class FAN(nn.Module):
         super().__init__()
         self.config = config or FANConfig()
         cfg = self.config
-        c0, c1, c2, c3 = cfg.stem_channels
-        w, k = cfg.width, cfg.num_landmarks
-        self.conv1 = nn.Conv2d(3, c0, kernel_size=7, stride=2, padding=3)
-        self.bn1 = nn.BatchNorm2d(c0)
-        self.conv2 = ConvBlock(c0, c1)
-        self.conv3 = ConvBlock(c1, c2)
-        self.conv4 = ConvBlock(c2, c3)
+        # Uniform as designed, or a pruned model's per-layer counts (models/channels.py).
+        layout = cfg.layout
+        blocks = layout.blocks
+        k, w = cfg.num_landmarks, layout.trunk
+
+        def block(name: str) -> ConvBlock:
+            b = blocks[name]
+            return ConvBlock(b.in_channels, b.out_channels, b.split, b.downsample)
+
+        self.conv1 = nn.Conv2d(3, layout.stem_conv, kernel_size=7, stride=2, padding=3)
+        self.bn1 = nn.BatchNorm2d(layout.stem_conv)
+        self.conv2 = block("conv2")
+        self.conv3 = block("conv3")
+        self.conv4 = block("conv4")
         for i in range(cfg.stacks):
-            self.add_module(f"m{i}", HourGlass(cfg.hourglass_depth, w))
-            self.add_module(f"top_m_{i}", ConvBlock(w, w))
-            self.add_module(f"conv_last{i}", nn.Conv2d(w, w, kernel_size=1))
-            self.add_module(f"bn_end{i}", nn.BatchNorm2d(w))
-            self.add_module(f"l{i}", nn.Conv2d(w, k, kernel_size=1))
+            splits = {n.split(".", 1)[1]: b.split for n, b in blocks.items() if n.startswith(f"m{i}.")}
+            f = layout.conv_last[i]
+            self.add_module(f"m{i}", HourGlass(cfg.hourglass_depth, w, splits))
+            self.add_module(f"top_m_{i}", block(f"top_m_{i}"))
+            self.add_module(f"conv_last{i}", nn.Conv2d(w, f, kernel_size=1))
+            self.add_module(f"bn_end{i}", nn.BatchNorm2d(f))
+            self.add_module(f"l{i}", nn.Conv2d(f, k, kernel_size=1))
             if i < cfg.stacks - 1:
-                self.add_module(f"bl{i}", nn.Conv2d(w, w, kernel_size=1))
+                self.add_module(f"bl{i}", nn.Conv2d(f, w, kernel_size=1))
                 self.add_module(f"al{i}", nn.Conv2d(k, w, kernel_size=1))
         self.exit_stack = cfg.stacks
 
