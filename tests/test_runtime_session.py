@@ -188,8 +188,8 @@ def test_artifact_without_a_contract(exported, tmp_path):
 
 def test_backend_and_device_errors(exported, tmp_path):
     path = exported[("onnx", "fp32", "heatmaps")].path
-    with pytest.raises(BackendError, match=r"cpu only; devices present: .*cpu") as info:
-        LandmarkSession(path, device="cuda")
+    with pytest.raises(BackendError, match=r"device 'quantum' is not available to the onnxruntime backend .*; present: .*cpu") as info:
+        LandmarkSession(path, device="quantum")
     assert "\n" not in str(info.value)
     assert LandmarkSession(path, backend="openvino", device="cpu").backend.name == "openvino"  # OpenVINO reads ONNX too
     with pytest.raises(BackendError, match="unknown backend"):
@@ -235,3 +235,107 @@ def test_runtime_works_without_torch(exported, tmp_path):
     for i, path in enumerate(artifacts):
         expected, _ = LandmarkSession(path).predict(image, boxes)
         np.testing.assert_allclose(np.load(tmp_path / f"points{i}.npy"), expected, atol=1e-4)
+
+
+# ---- inputs: every image layout the runtime accepts, and one-line errors for the rest -------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_session(exported):
+    with LandmarkSession(exported[("onnx", "fp32", "heatmaps")].path, threads=1) as session:
+        yield session
+
+
+def test_image_layouts_agree(onnx_session):
+    image, boxes = _image_and_boxes()
+    points, scores = onnx_session.predict(image, boxes)
+    same = {
+        "uint16 (x257)": image.astype(np.uint16) * 257,
+        "RGBA": np.concatenate([image, np.full(image.shape[:2] + (1,), 7, np.uint8)], axis=2),
+        "float 0..1": image.astype(np.float32) / 255.0,
+        "float 0..255": image.astype(np.float64),
+        "non-contiguous": np.ascontiguousarray(image[:, ::-1])[:, ::-1],
+    }
+    for name, variant in same.items():
+        p, s = onnx_session.predict(variant, boxes)
+        np.testing.assert_allclose(p, points, atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(s, scores, atol=1e-4, err_msg=name)
+    grey = image[..., 1]
+    g2, _ = onnx_session.predict(grey, boxes)
+    g3, _ = onnx_session.predict(grey[..., None], boxes)
+    g4, _ = onnx_session.predict(np.repeat(grey[..., None], 3, axis=2), boxes)
+    np.testing.assert_array_equal(g2, g3)
+    np.testing.assert_allclose(g2, g4, atol=1e-6)
+
+
+def test_uint8_crops_are_exactly_the_whole_image_conversion(onnx_session):
+    """The session converts only each crop's window; for uint8 that is bit-identical to converting the whole image."""
+    image, boxes = _image_and_boxes()
+    x, matrices = onnx_session.crops(image, boxes)
+    whole = to_network_input(np.stack([warp_image(as_rgb(image), m, onnx_session.input_size) for m in matrices]))
+    np.testing.assert_array_equal(x, whole)
+
+
+def test_tiny_and_huge_images(onnx_session):
+    points, _ = onnx_session.predict(np.full((1, 1), 200, np.uint8), [[-3.0, -3.0, 3.0, 3.0]])
+    assert points.shape == (1, 68, 2) and np.all(np.isfinite(points))
+    huge = np.zeros((20000, 20000), np.uint8)  # 400 MB of address space, never touched outside the crop windows
+    huge[10000:10100, 10000:10100] = 255
+    points, _ = onnx_session.predict(huge, [[9990.0, 9990.0, 10110.0, 10110.0], [0.0, 0.0, 50.0, 50.0]])
+    assert points.shape == (2, 68, 2) and np.all(np.isfinite(points))
+
+
+def test_many_boxes_go_in_batches(onnx_session, monkeypatch):
+    import fan_edge.runtime.session as session_module
+
+    image, boxes = _image_and_boxes()
+    many = np.concatenate([boxes] * 3)
+    whole, whole_scores = onnx_session.predict(image, many)
+    monkeypatch.setattr(session_module, "MAX_FACES_PER_CALL", 2)
+    chunked, chunked_scores = onnx_session.predict(image, many)
+    np.testing.assert_allclose(chunked, whole, atol=1e-4)
+    np.testing.assert_allclose(chunked_scores, whole_scores, atol=1e-5)
+
+
+BAD_IMAGES = [
+    (None, "expected an image array"),
+    ("photo.jpg", "expected an image array"),
+    ([[1, 2], [3]], "expected an image array"),
+    (np.zeros((0, 10, 3), np.uint8), "empty image"),
+    (np.zeros((10, 0), np.uint8), "empty image"),
+    (np.zeros((10, 10, 2), np.uint8), "shape"),
+    (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
+    (np.zeros(10, np.uint8), "shape"),
+    (np.zeros((10, 10, 3), np.int32), "unsupported image dtype int32"),
+    (np.zeros((10, 10, 3), bool), "unsupported image dtype bool"),
+    (np.empty((10, 10, 3), object), "unsupported image dtype object"),
+]
+
+
+@pytest.mark.parametrize("image, message", BAD_IMAGES, ids=[str(i) for i in range(len(BAD_IMAGES))])
+def test_bad_images_are_one_line_errors(onnx_session, image, message):
+    with pytest.raises(DataError, match=message) as info:
+        onnx_session.predict(image, [[1.0, 1.0, 8.0, 8.0]])
+    assert "\n" not in str(info.value)
+
+
+BAD_BOXES = [
+    ([[10, 10, 10, 50]], "box 0 .* is degenerate"),
+    ([[10, 10, 50, 50], [60, 60, 40, 80]], "box 1 .* is degenerate"),
+    ([[10, 10, 50, np.nan]], "box 0 is not finite"),
+    ([[-np.inf, 10, 50, 60]], "box 0 is not finite"),
+    ([[400, 10, 500, 60]], "box 0 .* lies outside the 300x240 image"),
+    ([[-100, -100, -0.5, 40]], "box 0 .* lies outside"),
+    ([[1, 2, 3]], r"must be \(N, 4\)"),
+    ([[[1, 2, 3, 4]]], r"must be \(N, 4\)"),
+    ("1,2,3,4", "boxes must be numbers"),
+    ([["a", "b", "c", "d"]], "boxes must be numbers"),
+]
+
+
+@pytest.mark.parametrize("boxes, message", BAD_BOXES, ids=[str(i) for i in range(len(BAD_BOXES))])
+def test_bad_boxes_are_one_line_errors(onnx_session, boxes, message):
+    image, _ = _image_and_boxes()
+    with pytest.raises(DataError, match=message) as info:
+        onnx_session.predict(image, boxes)
+    assert "\n" not in str(info.value)

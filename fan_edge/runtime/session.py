@@ -4,19 +4,30 @@
 
     from fan_edge.runtime.session import LandmarkSession
 
-    session = LandmarkSession("fan2-w64-i128.onnx")          # or .xml; backend and device "auto"
+    session = LandmarkSession("fan2-w64-i128.onnx")          # or .xml / .tflite; backend and device "auto"
     points, scores = session.predict(image_rgb, boxes)        # (N, 68, 2) image pixels, (N, 68)
+    session.device                                             # where it runs: "cpu", "cuda", "gpu", ...
 
 The session reads the artifact's contract (the sidecar ``ARTIFACT.json``, else
 the format's own metadata), so the input size, crop recipe, output kind and
 decoding come from the export and never from guesses. It reuses the
-runtime's one implementation of each step: :func:`~fan_edge.runtime.image.as_rgb`,
+runtime's one implementation of each step: :class:`~fan_edge.runtime.image.ImageSource`,
 :func:`~fan_edge.runtime.crop.crop_matrices` and
 :func:`~fan_edge.runtime.crop.warp_image`,
 :func:`~fan_edge.runtime.image.to_network_input`,
 :func:`~fan_edge.runtime.decode.decode_heatmaps` and
 :func:`~fan_edge.runtime.decode.crop_points_to_image`. Needs numpy and one
 backend; never torch.
+
+Threads: one session may serve any number of threads at once, with results
+identical to sequential calls. ``predict`` keeps no state between calls
+(crops, decoding and the box checks are pure functions of their inputs), and
+each backend makes ``run`` safe its own way: ONNX Runtime's ``run`` is
+thread-safe as it is; OpenVINO takes an infer request from a pool and LiteRT
+an interpreter from a pool, so no two calls share one; LiteRT's GPU and NPU
+delegates keep a single interpreter and calls take turns (see
+:mod:`fan_edge.runtime.backends`). Sharing one session is cheaper than one
+session per thread: the weights are loaded once.
 """
 
 from __future__ import annotations
@@ -31,7 +42,11 @@ from .backends import Backend, load_backend
 from .contract import METADATA_KEY, ModelContract, read_sidecar
 from .crop import crop_matrices, warp_image
 from .decode import crop_points_to_image, decode_heatmaps
-from .image import as_rgb, to_network_input
+from .image import ImageSource, to_network_input
+
+# Faces per backend call in predict(): bounds the memory of a call with many boxes (each face at input size S
+# holds a 3xSxS float32 crop and its heatmaps), whatever the number of boxes.
+MAX_FACES_PER_CALL = 32
 
 
 @dataclass
@@ -67,8 +82,12 @@ class LandmarkSession:
     """An exported FAN ready to locate landmarks in images.
 
     ``backend`` is "auto" (by file suffix) or a name from
-    :data:`fan_edge.runtime.backends.BACKENDS`; ``device`` is "auto" or
-    "cpu" for now; ``threads`` caps the backend's intra-op threads.
+    :data:`fan_edge.runtime.backends.BACKENDS`; ``device`` is "auto" (the
+    best present), "cpu", "gpu", "npu" or a backend's own name ("cuda",
+    "tensorrt", "qnn", "coreml", "openvino" for ONNX Runtime, "gpu.1" for
+    OpenVINO); an absent one is a one-line BackendError listing the devices
+    present; :attr:`device` says where the model runs. ``threads`` caps the
+    backend's intra-op threads (CPU).
     """
 
     def __init__(
@@ -108,6 +127,11 @@ class LandmarkSession:
     @property
     def input_size(self) -> int:
         return self.contract.input_size
+
+    @property
+    def device(self) -> str:
+        """The device the model runs on, as the backend names it ("cpu", "cuda", "gpu.0", ...)."""
+        return self.backend.device
 
     # ---- inference ---------------------------------------------------------------------------
 
@@ -154,28 +178,39 @@ class LandmarkSession:
 
     def crops(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Network inputs (N, 3, S, S) and crop matrices (N, 2, 3) for face boxes (N, 4) x1, y1, x2, y2."""
-        try:
-            rgb = as_rgb(image)
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        b = np.asarray(boxes, dtype=np.float64)
-        if b.size and (b.ndim > 2 or b.shape[-1] != 4):
-            raise DataError(f"boxes must be (N, 4) x1, y1, x2, y2, got shape {b.shape}")
-        b = b.reshape(-1, 4)
-        if not np.all(np.isfinite(b)):
-            raise DataError("boxes must be finite")
+        source = _image_source(image)
+        b = check_boxes(boxes, source.width, source.height)
+        return self._crops(source, b)
+
+    def _crops(self, source: ImageSource, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.contract.input_size
-        matrices = crop_matrices(b, s, self.contract.crop)
-        if len(b) == 0:
+        matrices = crop_matrices(boxes, s, self.contract.crop)
+        if len(boxes) == 0:
             return np.zeros((0, 3, s, s), np.float32), matrices
-        crops = np.stack([warp_image(rgb, m, s) for m in matrices])
-        return to_network_input(crops), matrices
+        crops = np.stack([warp_image(source.pixels, m, s) for m in matrices])
+        return to_network_input(source.finish(crops)), matrices
 
     def predict(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Landmarks of every face box in an RGB image: (N, K, 2) image pixels and (N, K) scores."""
-        x, matrices = self.crops(image, boxes)
-        result = self.run_crops(x)
-        return crop_points_to_image(result.points, matrices), result.scores
+        """Landmarks of every face box in an RGB image: (N, K, 2) image pixels and (N, K) scores.
+
+        ``image``: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, uint16
+        or float (see :mod:`fan_edge.runtime.image`). ``boxes``: (N, 4)
+        x1, y1, x2, y2 in image pixels, each with a positive width and height
+        and overlapping the image. Faces go to the backend in batches of up to
+        :data:`MAX_FACES_PER_CALL`; anything malformed is a one-line DataError.
+        """
+        source = _image_source(image)
+        b = check_boxes(boxes, source.width, source.height)
+        k = self.contract.num_landmarks
+        if len(b) == 0:
+            return np.zeros((0, k, 2)), np.zeros((0, k), np.float32)
+        points, scores = [], []
+        for start in range(0, len(b), MAX_FACES_PER_CALL):
+            x, matrices = self._crops(source, b[start : start + MAX_FACES_PER_CALL])
+            result = self.run_crops(x)
+            points.append(crop_points_to_image(result.points, matrices))
+            scores.append(np.asarray(result.scores, dtype=np.float32))
+        return np.concatenate(points), np.concatenate(scores)
 
     def close(self) -> None:
         self.backend.close()
@@ -189,4 +224,40 @@ class LandmarkSession:
     def __repr__(self) -> str:
         c = self.contract
         what = f"{c.model or 'model'} {c.precision} {c.outputs}, input {c.input_size}"
-        return f"LandmarkSession({str(self.path)!r}, backend={self.backend.name}, {what})"
+        return f"LandmarkSession({str(self.path)!r}, backend={self.backend.name}, device={self.device}, {what})"
+
+
+def _image_source(image: object) -> ImageSource:
+    try:
+        return ImageSource.from_array(image)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
+def check_boxes(boxes: object, width: int, height: int) -> np.ndarray:
+    """(N, 4) float64 boxes, or a one-line DataError naming the first bad one.
+
+    A box must be finite, have x2 > x1 and y2 > y1, and overlap the image
+    (pixel centres 0..W-1, so the image spans -0.5..W-0.5); a box partly
+    outside is fine (the crop pads with zeros).
+    """
+    try:
+        b = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"boxes must be numbers, (N, 4) x1, y1, x2, y2; got {type(boxes).__name__}") from None
+    if b.size and (b.ndim > 2 or b.shape[-1] != 4):
+        raise DataError(f"boxes must be (N, 4) x1, y1, x2, y2, got shape {b.shape}")
+    b = b.reshape(-1, 4)
+    bad = ~np.all(np.isfinite(b), axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"box {i} is not finite: {b[i].tolist()}")
+    degenerate = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+    if degenerate.any():
+        i = int(np.argmax(degenerate))
+        raise DataError(f"box {i} {b[i].tolist()} is degenerate: x1, y1, x2, y2 needs x2 > x1 and y2 > y1")
+    outside = (b[:, 2] <= -0.5) | (b[:, 3] <= -0.5) | (b[:, 0] >= width - 0.5) | (b[:, 1] >= height - 0.5)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise DataError(f"box {i} {b[i].tolist()} lies outside the {width}x{height} image")
+    return b

@@ -7,6 +7,19 @@ is one module with a :class:`Backend` subclass and one row of
 :data:`BACKENDS` (``litert`` runs ``.tflite``; Core ML has none: it runs only
 on Apple platforms). Backend modules import their library lazily, so that
 ``import fan_edge.runtime`` needs numpy alone.
+
+Devices: each backend maps fan-edge's device names onto what its library
+offers (``cpu``, ``gpu``, ``npu`` everywhere, plus the library's own names,
+such as ONNX Runtime's ``cuda`` or ``tensorrt`` execution providers or
+OpenVINO's ``gpu.1``); ``auto`` takes the best one present; anything absent is
+a one-line :class:`~fan_edge.errors.BackendError` listing what is present
+(:func:`device_error`). After loading, :attr:`Backend.device` names the device
+the model actually runs on. docs/runtime.md has the table.
+
+Threads: :meth:`Backend.run` may be called from several threads at once;
+each backend says how it makes that safe (ONNX Runtime's ``Run`` is
+thread-safe; OpenVINO infer requests and LiteRT interpreters are not, so those
+backends keep a :class:`~fan_edge.runtime.backends.pool.InstancePool` of them).
 """
 
 from __future__ import annotations
@@ -34,14 +47,17 @@ class TensorInfo(NamedTuple):
 class Backend(ABC):
     """Common interface of the inference backends.
 
+    ``device`` is what the caller asked for ("auto", "cpu", "gpu", ...);
+    subclasses resolve it and set :attr:`device` to the device in use.
     ``extra_outputs`` names intermediate tensors to expose as outputs too
     (the export's parity report reads the heatmaps inside a landmarks graph
-    this way); most callers leave it empty.
+    this way); most callers leave it empty. :meth:`run` must be safe to call
+    from several threads at once.
     """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, extra_outputs: tuple[str, ...] = ()):
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, extra_outputs: tuple[str, ...] = ()):
         self.path = Path(path)
         self.device = device
         self.threads = threads
@@ -65,7 +81,7 @@ class Backend(ABC):
 
     @classmethod
     def devices(cls) -> list[str]:
-        """Devices this backend can see here (lower case, e.g. ``["cpu"]``)."""
+        """Devices this backend can use here, best first, lower case (e.g. ``["gpu", "cpu"]``)."""
         return ["cpu"]
 
     @property
@@ -130,15 +146,26 @@ def choose_backend(path: str | Path, backend: str = "auto") -> str:
     raise BackendError(f"{path}: needs {' or '.join(readers)}; install one, e.g. pip install 'fan-edge[{entry.extra}]'")
 
 
-def check_device(cls: type[Backend], device: str) -> str:
-    """Only the CPU is wired up for now; anything else is a one-line error listing what is present."""
-    if not isinstance(device, str) or device.lower() not in ("auto", "cpu"):
-        try:
-            present = ", ".join(cls.devices()) or "none"
-        except Exception:  # listing devices must not hide the real message
-            present = "unknown"
-        raise BackendError(f"device {device!r} is not supported yet by the {cls.name} backend (cpu only; devices present: {present})")
-    return "cpu"
+def normalise_device(device: object) -> str:
+    """The device name as the backends compare it: lower case, no surrounding spaces."""
+    if not isinstance(device, str) or not device.strip():
+        raise BackendError(f"device must be a name such as auto, cpu, gpu or npu, got {device!r}")
+    return device.strip().lower()
+
+
+def device_error(backend: str, device: str, present: list[str], reason: str = "") -> BackendError:
+    """The one-line error for a device that is absent (or that failed to start), listing what is present."""
+    why = f" ({reason})" if reason else ""
+    return BackendError(f"device {device!r} is not available to the {backend} backend{why}; present: {', '.join(present) or 'none'}")
+
+
+def available_devices() -> dict[str, list[str]]:
+    """Devices each installed backend reports on this machine, e.g. ``{"onnxruntime": ["cpu"], ...}``."""
+    found: dict[str, list[str]] = {}
+    for name, entry in BACKENDS.items():
+        if _installed(entry.package):
+            found[name] = backend_class(name).devices()
+    return found
 
 
 def load_backend(
@@ -156,8 +183,18 @@ def load_backend(
         raise BackendError(f"threads must be a positive integer, got {threads!r}")
     name = choose_backend(p, backend)
     cls = backend_class(name)
-    dev = check_device(cls, device)
-    return cls(p, device=dev, threads=threads, extra_outputs=tuple(extra_outputs))
+    return cls(p, device=normalise_device(device), threads=threads, extra_outputs=tuple(extra_outputs))
 
 
-__all__ = ["BACKENDS", "Backend", "BackendEntry", "TensorInfo", "backend_class", "check_device", "choose_backend", "load_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendEntry",
+    "TensorInfo",
+    "available_devices",
+    "backend_class",
+    "choose_backend",
+    "device_error",
+    "load_backend",
+    "normalise_device",
+]

@@ -14,19 +14,63 @@ flatbuffer schema that ships in ai-edge-litert.
 report) builds the interpreter with ``experimental_preserve_all_tensors``,
 which runs TFLite's built-in kernels instead of XNNPACK: numerically the
 same model, not the fast path.
+
+Devices: ``cpu`` is XNNPACK. ``gpu`` and ``npu`` are TFLite delegates loaded
+with ``load_delegate``, the way boards ship them: the GPU delegate
+(``libtensorflowlite_gpu_delegate.so``) and NPU vendors' delegates (NXP's
+``libvx_delegate.so``, Qualcomm's ``libQnnTFLiteDelegate.so``), found on the
+library path, or the files named by ``$FAN_EDGE_LITERT_GPU_DELEGATE`` /
+``$FAN_EDGE_LITERT_NPU_DELEGATE``. A device is present when its delegate
+library loads and has TFLite's external-delegate entry point. ``auto`` takes
+gpu, then npu, then cpu, moving on when a delegate fails to start. (The ai-edge-litert
+wheel's own accelerators belong to its newer CompiledModel API, which this
+backend does not use; on this project's machines its GPU accelerator finds
+no adapter.)
+
+Threads: an interpreter holds its tensors and is not thread-safe. On the CPU
+``run`` takes one from a pool (made on demand, at most as many as calls in
+flight at once), so threads run in parallel; a delegate owns device state and
+a context bound to its interpreter, so gpu and npu keep a single interpreter
+and calls take turns.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import BackendError
-from . import Backend, TensorInfo
+from . import Backend, TensorInfo, device_error
+from .pool import InstancePool
 
 SIGNATURE = "serving_default"
+
+# Delegate libraries by device: an environment variable naming a file, then names searched on the library path.
+DELEGATES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "gpu": ("FAN_EDGE_LITERT_GPU_DELEGATE", ("libtensorflowlite_gpu_delegate.so",)),
+    "npu": ("FAN_EDGE_LITERT_NPU_DELEGATE", ("libvx_delegate.so", "libQnnTFLiteDelegate.so")),
+}
+AUTO_ORDER = ("gpu", "npu", "cpu")
+
+
+def delegate_library(device: str) -> str | None:
+    """The delegate library for ``device`` ("gpu" or "npu") that loads here, or None."""
+    variable, names = DELEGATES[device]
+    candidates = [os.environ[variable]] if os.environ.get(variable) else list(names)
+    for name in candidates:
+        # Check it loads and has TFLite's external-delegate entry point before load_delegate, whose failures
+        # leave half-built objects behind.
+        try:
+            library = ctypes.CDLL(name)
+        except OSError:
+            continue
+        if hasattr(library, "tflite_plugin_create_delegate"):
+            return name
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -58,43 +102,79 @@ def _dequantize(value: np.ndarray, quant: tuple[float, int] | None) -> np.ndarra
 class LiteRTBackend(Backend):
     name = "litert"
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, extra_outputs: tuple[str, ...] = ()):
+    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, extra_outputs: tuple[str, ...] = ()):
         super().__init__(path, device, threads, extra_outputs)
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        probe = bool(self.extra_outputs)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")  # asked for, knowingly
-                self.interpreter = Interpreter(
-                    model_path=str(self.path),
-                    num_threads=threads,
-                    # Intermediate tensors exist only outside delegates: no XNNPACK when some are asked for.
-                    experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if probe else OpResolverType.AUTO,
-                    experimental_preserve_all_tensors=probe,
-                )
-            signatures = self.interpreter.get_signature_list()
-            if not signatures:
-                raise BackendError(f"{self.path}: the model has no signature (export it with fan-export)")
-            self.signature = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
-            self.runner = self.interpreter.get_signature_runner(self.signature)
-        except BackendError:
-            raise
-        except Exception as exc:  # the interpreter raises ValueError / RuntimeError with native text
-            raise BackendError(f"{self.path}: LiteRT cannot load it ({_first_line(exc)})") from None
-        self._inputs = self.runner.get_input_details()
-        self._outputs = self.runner.get_output_details()
+        present = self.devices()
+        if device == "auto":
+            candidates = [d for d in AUTO_ORDER if d in present]
+        elif device in present:
+            candidates = [device]
+        else:
+            raise device_error("litert", device, present, "" if device in AUTO_ORDER else "not a device name it knows: cpu, gpu, npu")
+        reasons = []
+        for target in candidates:
+            if target != "cpu" and self.extra_outputs:
+                reasons.append(f"{target}: intermediate tensors are readable on the cpu only")
+                continue
+            self._library = delegate_library(target) if target != "cpu" else None
+            try:
+                first = self._interpreter()
+                break
+            except BackendError as exc:
+                if target == "cpu":
+                    raise
+                reasons.append(f"{target}: {exc}")
+        else:
+            raise device_error("litert", device, present, "; ".join(reasons))
+        interpreter, runner, self.signature = first
+        self.device = target
+        self._inputs = runner.get_input_details()
+        self._outputs = runner.get_output_details()
         if len(self._inputs) != 1:
             raise BackendError(f"{self.path}: expected one input, the signature has {len(self._inputs)}")
         self._extra: dict[str, dict] = {}
         if self.extra_outputs:
-            by_name = {d["name"]: d for d in self.interpreter.get_tensor_details()}
+            by_name = {d["name"]: d for d in interpreter.get_tensor_details()}
             for name in self.extra_outputs:
                 if name in self._outputs:
                     continue
                 if name not in by_name:
                     raise BackendError(f"{self.path}: no tensor named {name!r} in the graph")
                 self._extra[name] = by_name[name]
+        self._pool: InstancePool = InstancePool(self._interpreter, limit=None if target == "cpu" else 1)
+        self._pool.add(first)
+
+    def _interpreter(self) -> tuple:
+        """A new interpreter on this backend's device, its signature runner and the signature's name."""
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType, load_delegate
+
+        probe = bool(self.extra_outputs)
+        try:
+            delegates = [load_delegate(self._library)] if self._library else None
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")  # asked for, knowingly
+                interpreter = Interpreter(
+                    model_path=str(self.path),
+                    num_threads=self.threads,
+                    experimental_delegates=delegates,
+                    # Intermediate tensors exist only outside delegates: no XNNPACK when some are asked for.
+                    experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if probe else OpResolverType.AUTO,
+                    experimental_preserve_all_tensors=probe,
+                )
+            signatures = interpreter.get_signature_list()
+            if not signatures:
+                raise BackendError(f"{self.path}: the model has no signature (export it with fan-export)")
+            signature = SIGNATURE if SIGNATURE in signatures else next(iter(signatures))
+            return interpreter, interpreter.get_signature_runner(signature), signature
+        except BackendError:
+            raise
+        except Exception as exc:  # the interpreter raises ValueError / RuntimeError with native text
+            raise BackendError(f"{self.path}: LiteRT cannot load it ({_first_line(exc)})") from None
+
+    @classmethod
+    def devices(cls) -> list[str]:
+        """cpu, plus gpu and npu where their delegate library loads; best first."""
+        return [d for d in AUTO_ORDER if d == "cpu" or delegate_library(d) is not None]
 
     @property
     def _input(self) -> tuple[str, dict]:
@@ -125,14 +205,16 @@ class LiteRTBackend(Backend):
             scale, zero = quant
             info = np.iinfo(np.dtype(d["dtype"]))
             x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(d["dtype"])
-        try:
-            results = self.runner(**{name: x})
-        except Exception as exc:
-            raise BackendError(f"{self.path}: LiteRT failed to run a batch of shape {x.shape} ({_first_line(exc)})") from None
-        out = {k: _dequantize(v, _quant(self._outputs[k])) for k, v in results.items()}
-        for extra, details in self._extra.items():
-            value = self.interpreter.get_tensor(details["index"])
-            out[extra] = _dequantize(np.array(value, copy=True), _quant(details))
+        with self._pool.take() as (interpreter, runner, _):
+            try:
+                results = runner(**{name: x})
+            except Exception as exc:
+                raise BackendError(f"{self.path}: LiteRT failed to run a batch of shape {x.shape} ({_first_line(exc)})") from None
+            # Copies: the runner's outputs and tensors belong to the interpreter, which the next call reuses.
+            out = {k: _dequantize(np.array(v, copy=True), _quant(self._outputs[k])) for k, v in results.items()}
+            for extra, details in self._extra.items():
+                value = interpreter.get_tensor(details["index"])
+                out[extra] = _dequantize(np.array(value, copy=True), _quant(details))
         return out
 
     def metadata(self) -> dict[str, str]:
@@ -160,5 +242,4 @@ class LiteRTBackend(Backend):
             raise BackendError(f"{self.path}: cannot read its metadata ({_first_line(exc)})") from None
 
     def close(self) -> None:
-        self.runner = None  # type: ignore[assignment]
-        self.interpreter = None  # type: ignore[assignment]
+        self._pool.clear()

@@ -1,9 +1,23 @@
 """OpenVINO backend (IR ``.xml`` + ``.bin``, or ONNX read directly).
 
+Devices are OpenVINO's own (``Core().available_devices``: ``CPU``, ``GPU``,
+``GPU.0``, ``GPU.1``, ``NPU``), named in lower case. ``gpu`` takes a discrete
+GPU before an integrated one; ``auto`` follows the priority of OpenVINO's
+AUTO plugin (discrete GPU, integrated GPU, CPU; the next one when a device
+fails to compile the model) and, like it, leaves the NPU out: the NPU plugin compiles static shapes only, so a model loaded on ``npu``
+is reshaped to batch 1 (the session then feeds it face by face).
+
 OpenVINO's CPU plugin runs bf16 by default on CPUs that support it (AVX-512
-BF16, AMX); that costs accuracy, so this backend asks for f32 unless told
-otherwise (``precision_hint``): the accuracy an export reports is the one an
-app gets.
+BF16, AMX) and the GPU plugin runs f16; that costs accuracy, so this backend
+asks for f32 on both unless told otherwise (``precision_hint``): the accuracy
+an export reports is the one an app gets. The NPU computes in f16 whatever
+is asked, so it gets no hint.
+
+Threads: a compiled model is shared, but an infer request holds its tensors
+and must serve one call at a time. ``run`` takes a request from a pool (one
+more is created only when every existing one is busy), so concurrent calls
+run in parallel without sharing a request and the number of requests stays
+at the peak number of calls in flight.
 """
 
 from __future__ import annotations
@@ -14,7 +28,60 @@ import numpy as np
 
 from ...errors import BackendError
 from ..contract import METADATA_KEY, RT_INFO_PATH
-from . import Backend, TensorInfo
+from . import Backend, TensorInfo, device_error
+from .pool import InstancePool
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _available(core) -> list[str]:
+    return list(core.available_devices)
+
+
+def _is_discrete(core, device: str) -> bool:
+    try:
+        return str(core.get_property(device, "DEVICE_TYPE")).lower().endswith("discrete")
+    except Exception:  # a plugin without the property: treat as integrated
+        return False
+
+
+def _ranked(core) -> list[str]:
+    """Present devices best first, in OpenVINO names: discrete GPUs, integrated GPUs, CPU, then the rest (NPU)."""
+    present = _available(core)
+    gpus = [d for d in present if d.upper().startswith("GPU")]
+    gpus.sort(key=lambda d: not _is_discrete(core, d))
+    rest = [d for d in present if d not in gpus and d.upper() != "CPU"]
+    return gpus + [d for d in present if d.upper() == "CPU"] + rest
+
+
+def _auto_targets(core) -> list[str]:
+    """What ``auto`` tries, in order: GPUs (discrete first), then the CPU; OpenVINO's AUTO order, without the NPU."""
+    targets = [d for d in _ranked(core) if d.upper().startswith(("GPU", "CPU"))]
+    if not targets:
+        raise device_error("openvino", "auto", [d.lower() for d in _ranked(core)], "neither a GPU nor a CPU plugin is present")
+    return targets
+
+
+def _resolve(core, device: str) -> str:
+    """The OpenVINO device name for fan-edge's ``device``."""
+    ranked = _ranked(core)
+    present = [d.lower() for d in ranked]
+    if device == "auto":
+        return _auto_targets(core)[0]
+    if device == "gpu":
+        gpus = [d for d in ranked if d.upper().startswith("GPU")]
+        if gpus:
+            return gpus[0]
+    for d in ranked:
+        if d.lower() == device:
+            return d
+    if device == "gpu.0" and "GPU" in ranked:  # a single GPU is listed as GPU; GPU.0 is its other name
+        return "GPU"
+    known = device in ("cpu", "gpu", "npu") or device.startswith(("gpu.", "npu."))
+    raise device_error("openvino", device, present, "" if known else "not a device name it knows: cpu, gpu, gpu.N, npu")
 
 
 def _dims(partial_shape) -> tuple[int | None, ...]:
@@ -31,7 +98,7 @@ class OpenVINOBackend(Backend):
     def __init__(
         self,
         path: str | Path,
-        device: str = "cpu",
+        device: str = "auto",
         threads: int | None = None,
         extra_outputs: tuple[str, ...] = (),
         precision_hint: str | None = "f32",
@@ -40,10 +107,11 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         self.core = ov.Core()
+        targets = _auto_targets(self.core) if device == "auto" else [_resolve(self.core, device)]
         try:
             self.model = self.core.read_model(str(self.path))
         except Exception as exc:  # OpenVINO raises RuntimeError with multi-line text
-            raise BackendError(f"{self.path}: OpenVINO cannot read it ({str(exc).strip().splitlines()[0][:200]})") from None
+            raise BackendError(f"{self.path}: OpenVINO cannot read it ({_first_line(exc)})") from None
         for name in self.extra_outputs:
             if name in self._output_names():
                 continue
@@ -51,16 +119,45 @@ class OpenVINOBackend(Backend):
                 self.model.add_outputs(name)
             except Exception:
                 raise BackendError(f"{self.path}: no tensor named {name!r} in the graph") from None
+        reasons = []
+        for target in targets:
+            try:
+                self.compiled = self._compile(target, threads, precision_hint)
+                break
+            except BackendError as exc:
+                if target.upper() == "CPU":
+                    raise
+                reasons.append(f"{target} failed to compile it: {exc}")
+        else:
+            raise device_error("openvino", device, [d.lower() for d in _ranked(self.core)], "; ".join(reasons))
+        self.device = target.lower()
+        self._requests: InstancePool = InstancePool(self.compiled.create_infer_request)
+        self._requests.add(self.compiled.create_infer_request())
+
+    def _compile(self, target: str, threads: int | None, precision_hint: str | None):
+        is_cpu, is_npu = target.upper() == "CPU", target.upper().startswith("NPU")
+        model = self.model
+        if is_npu and model.inputs[0].get_partial_shape().is_dynamic:
+            model = model.clone()
+            shape = model.inputs[0].get_partial_shape()
+            shape[0] = 1
+            try:
+                model.reshape({model.inputs[0]: shape})
+            except Exception as exc:
+                raise BackendError(f"cannot make its input static for the NPU ({_first_line(exc)})") from None
         config: dict[str, object] = {}
-        if precision_hint:
+        if precision_hint and not is_npu:
             config["INFERENCE_PRECISION_HINT"] = precision_hint
-        if threads is not None:
+        if threads is not None and is_cpu:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self.compiled = self.core.compile_model(self.model, "CPU", config)
+            compiled = self.core.compile_model(model, target, config)
         except Exception as exc:
-            raise BackendError(f"{self.path}: OpenVINO cannot compile it ({str(exc).strip().splitlines()[0][:200]})") from None
-        self.request = self.compiled.create_infer_request()
+            if is_cpu:
+                raise BackendError(f"{self.path}: OpenVINO cannot compile it ({_first_line(exc)})") from None
+            raise BackendError(_first_line(exc)) from None
+        self.model = model
+        return compiled
 
     def _output_names(self) -> list[str]:
         return [o.get_any_name() for o in self.model.outputs]
@@ -69,7 +166,7 @@ class OpenVINOBackend(Backend):
     def devices(cls) -> list[str]:
         import openvino as ov
 
-        return [d.lower() for d in ov.Core().available_devices]
+        return [d.lower() for d in _ranked(ov.Core())]
 
     @property
     def inputs(self) -> list[TensorInfo]:
@@ -80,11 +177,14 @@ class OpenVINOBackend(Backend):
         return [_info(o) for o in self.model.outputs]
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        results = self.request.infer([np.ascontiguousarray(batch, dtype=np.float32)])
-        out = {}
-        for port, value in results.items():
-            out[port.get_any_name()] = np.array(value, copy=True)
-        return out
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._requests.take() as request:
+            try:
+                results = request.infer([x])
+            except Exception as exc:
+                raise BackendError(f"{self.path}: OpenVINO failed to run a batch of shape {x.shape} ({_first_line(exc)})") from None
+            # The values are views of the request's own tensors: copy before the request serves another call.
+            return {port.get_any_name(): np.array(value, copy=True) for port, value in results.items()}
 
     def metadata(self) -> dict[str, str]:
         meta: dict[str, str] = {}
@@ -93,5 +193,5 @@ class OpenVINOBackend(Backend):
         return meta
 
     def close(self) -> None:
-        self.request = None
+        self._requests.clear()
         self.compiled = None

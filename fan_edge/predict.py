@@ -1,0 +1,208 @@
+"""``fan-edge predict``: landmarks on a photo, end to end (detector, FAN, drawing).
+
+The model is an exported artifact (``.onnx``, ``.xml``, ``.tflite``), run by
+the torch-free runtime; or a registry name or checkpoint, which is exported
+once to fp32 ONNX (OpenVINO IR for ``--backend openvino``, TFLite for
+``--backend litert``) into the cache (:func:`fan_edge.runtime.cache.cache_dir`,
+``artifacts/``) by the same code as ``fan-export``, keyed by the weights'
+SHA-256 and the fan-edge version, and run from there: PyTorch is needed for
+that first export only. The cached artifact is not parity-checked (that
+needs faces and time); ``fan-export --verify`` makes checked ones.
+
+Faces come from ``boxes`` when given, else from dlib's HOG detector
+(:mod:`fan_edge.runtime.detect`), whose boxes are refined by one pass of
+re-boxing from the predicted landmarks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .atomic import atomic_path
+from .errors import ConfigError, DataError
+from .runtime.cache import cache_dir
+from .runtime.detect import SCAN_SIZE, DlibHogDetector, Faces, detect_and_predict
+from .runtime.session import LandmarkSession
+
+ARTIFACT_SUFFIXES = (".onnx", ".xml", ".tflite")
+# The format a registry name or checkpoint is exported to, by the backend asked for.
+CACHE_TARGETS = {"auto": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "litert": "tflite"}
+_SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tflite": ".tflite"}
+MAX_BOXES_JSON = 1 << 20  # bytes: a boxes file is a few lines
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_artifact(model: str, backend: str = "auto", trust: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """An artifact the runtime can load for ``model``: the file itself, or a cached export of a name or checkpoint."""
+    path = Path(model)
+    if path.suffix.lower() in ARTIFACT_SUFFIXES:
+        return path  # the session reports a missing or unreadable file
+    if backend not in CACHE_TARGETS:
+        raise ConfigError(f"unknown backend {backend!r}; expected one of: {', '.join(CACHE_TARGETS)}")
+    from .export import export_model
+    from .models import get_entry
+    from .models.factory import _looks_like_path
+
+    if _looks_like_path(model):
+        if not path.is_file():
+            raise ConfigError(f"{model}: no such checkpoint or artifact")
+        weights, stem = path, re.sub(r"(\.pth)?\.(tar|pth|pt|safetensors|zip|bin)$", "", path.name)
+    else:
+        entry = get_entry(model)
+        if not entry.trained or entry.weights_path is None:
+            raise ConfigError(f"model {model!r} has no trained weights; pass a checkpoint or an exported artifact")
+        weights, stem = entry.weights_path, Path(entry.weights).stem if entry.weights else model
+    target = CACHE_TARGETS[backend]
+    key = hashlib.sha256(f"{_sha256(weights)} {__version__} {target}".encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "model"
+    out = cache_dir("artifacts") / f"{stem}-{key}-fp32{_SUFFIX[target]}"
+    if out.is_file() and out.with_name(out.name + ".json").is_file():
+        return out
+    if log is not None:
+        log(f"exporting {model} to {out} (once; later runs reuse it)")
+    export_model(model if weights is not path else str(path), target, "fp32", output=out, verify=False, trust=trust)
+    return out
+
+
+def parse_boxes(text: str) -> np.ndarray:
+    """Boxes from ``"x1,y1,x2,y2;x1,y1,x2,y2"`` or a JSON file (a list of [x1, y1, x2, y2], or {"boxes": [...]})."""
+    path = Path(text)
+    if text.lower().endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise DataError(f"{text}: no such boxes file")
+        if path.stat().st_size > MAX_BOXES_JSON:
+            raise DataError(f"{text}: larger than {MAX_BOXES_JSON} bytes, not a boxes file")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{text}: not JSON ({str(exc).splitlines()[0][:120]})") from None
+        if isinstance(data, dict):
+            data = data.get("boxes")
+        rows = data if isinstance(data, list) else None
+        if rows is None or not all(isinstance(r, list) and len(r) == 4 for r in rows):
+            raise DataError(f"{text}: expected a list of [x1, y1, x2, y2] boxes (or {{\"boxes\": [...]}})")
+        values = rows
+    else:
+        values = []
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            fields = [f.strip() for f in part.split(",")]
+            if len(fields) != 4:
+                raise DataError(f"box {part!r}: expected x1,y1,x2,y2")
+            values.append(fields)
+        if not values:
+            raise DataError("--boxes is empty; expected x1,y1,x2,y2[;x1,y1,x2,y2...] or a JSON file")
+    try:
+        boxes = np.array(values, dtype=np.float64).reshape(-1, 4)
+    except (TypeError, ValueError):
+        raise DataError(f"boxes must be numbers: {text[:80]!r}") from None
+    return boxes
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    """One photo's faces and how they were found."""
+
+    image: Path
+    artifact: Path
+    backend: str
+    device: str
+    detected: bool
+    faces: Faces
+
+    def to_dict(self) -> dict:
+        f = self.faces
+        return {
+            "image": str(self.image),
+            "model": str(self.artifact),
+            "backend": self.backend,
+            "device": self.device,
+            "boxes_from": "detector" if self.detected else "given",
+            "faces": [
+                {
+                    "box": [round(float(v), 2) for v in f.boxes[i]],
+                    "detector_score": None if f.detector_scores is None else round(float(f.detector_scores[i]), 4),
+                    "points": [[round(float(x), 2), round(float(y), 2)] for x, y in f.points[i]],
+                    "scores": [round(float(s), 4) for s in f.scores[i]],
+                }
+                for i in range(len(f.boxes))
+            ],
+        }
+
+
+def predict_photo(
+    image_path: str | Path,
+    model: str = "default",
+    boxes: np.ndarray | None = None,
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    threads: int | None = None,
+    refine_passes: int | None = None,
+    scan_size: int | None = None,
+    trust: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> tuple[PhotoResult, np.ndarray]:
+    """The photo's landmarks and the decoded image (RGB float, for drawing).
+
+    ``refine_passes`` defaults to 1 for detected faces (their boxes only
+    approximate the landmark boxes the models are trained on) and 0 for
+    given boxes (taken as the caller's exact boxes).
+    """
+    from .data.images import load_image
+
+    image = load_image(image_path)
+    artifact = resolve_artifact(model, backend, trust=trust, log=log)
+    with LandmarkSession(artifact, backend=backend, device=device, threads=threads) as session:
+        detector = DlibHogDetector(scan_size=scan_size or SCAN_SIZE) if boxes is None else None
+        passes = refine_passes if refine_passes is not None else (1 if boxes is None else 0)
+        faces = detect_and_predict(session, image, detector=detector, boxes=boxes, refine_passes=passes)
+        result = PhotoResult(Path(image_path), artifact, session.backend.name, session.device, boxes is None, faces)
+    return result, image
+
+
+def draw_faces(image: np.ndarray, faces: Faces) -> np.ndarray:
+    """A BGR uint8 copy of an RGB image with each face's box and landmarks drawn (sizes follow the face)."""
+    import cv2
+
+    canvas = np.ascontiguousarray(np.clip(np.rint(image[..., ::-1]), 0, 255).astype(np.uint8))
+    for box, points in zip(faces.boxes, faces.points):
+        side = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0)
+        radius = max(1, round(side / 90))
+        thick = max(1, round(side / 200))
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (255, 160, 0), thick, cv2.LINE_AA)
+        for x, y in points:
+            if np.isfinite(x) and np.isfinite(y):
+                cv2.circle(canvas, (int(round(x)), int(round(y))), radius, (0, 255, 0), -1, cv2.LINE_AA)
+    return canvas
+
+
+def write_image(path: str | Path, bgr: np.ndarray) -> Path:
+    """Encode by the file's suffix (.png, .jpg, ...) and write atomically."""
+    import cv2
+
+    out = Path(path)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"):
+        raise DataError(f"{out}: --out must end in .png (or .jpg, .bmp, .webp, .tif)")
+    ok, data = cv2.imencode(suffix, bgr)
+    if not ok:
+        raise DataError(f"{out}: OpenCV cannot encode {suffix}")
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data.tobytes())
+    return out
