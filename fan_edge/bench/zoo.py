@@ -60,6 +60,7 @@ def bundle(
     description: str = "",
     folder: str | Path | None = None,
     notes: str = "",
+    recipe: str = "",
 ) -> Path:
     """Copy ``checkpoint`` into the package (or ``folder``) as zoo model ``name`` with a freshly measured card."""
     if _NAME.fullmatch(name) or name == "default":
@@ -72,6 +73,8 @@ def bundle(
     card.update(name=name, description=description or card.get("description", ""), default=default)
     if notes:
         card["notes"] = notes
+    if recipe:  # a multi-stage run: the whole chain, so that the card's command starts from scratch
+        card["recipe"] = recipe
     if default:
         for other in folder.glob("*.json"):
             data_ = json.loads(other.read_text())

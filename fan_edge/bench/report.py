@@ -1,0 +1,106 @@
+"""fan-bench's outputs: the terminal (or markdown) table, JSON and CSV, each file written atomically.
+
+The table follows Ultralytics' benchmark table (format, status, size, metric,
+ms) with FAN's metrics and the speed-up against PyTorch eager fp32; rows that
+did not pass give their one-line reason under the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_text_atomic
+from ..runtime.bench import ROW_KEYS, STATUS_PASSED
+
+# Written after ROW_KEYS in CSV (and kept in JSON): how each row was measured.
+EXTRA_KEYS = ("peak_rss_mb", "base_rss_mb", "delta_nme_io", "faces", "threads", "runs", "warmup", "path", "error")
+
+
+def _num(digits: int, suffix: str = "") -> Callable[[Any], str]:
+    return lambda v: "-" if not isinstance(v, (int, float)) or isinstance(v, bool) else f"{v:.{digits}f}{suffix}"
+
+
+_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("model", "Model", str),
+    ("target", "Target", lambda v: v or "-"),
+    ("precision", "Precision", lambda v: v or "-"),
+    ("device", "Device", lambda v: v or "-"),
+    ("status", "Status", str),
+    ("size_mb", "Size MB", _num(2)),
+    ("nme_io", "NME io %", _num(2)),
+    ("nme_box", "NME box %", _num(2)),
+    ("auc7", "AUC@7 %", _num(1)),
+    ("fr7", "FR@7 %", _num(2)),
+    ("latency_ms_p50", "p50 ms", _num(2)),
+    ("latency_ms_p90", "p90 ms", _num(2)),
+    ("fps", "FPS", _num(1)),
+    ("speedup", "Speed-up", _num(2, "x")),
+    ("peak_rss_mb", "Peak MB", _num(0)),
+]
+_LEFT = {"model", "target", "precision", "device", "status"}
+
+
+def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+    """One line per row, then the reason of each row that did not pass."""
+    header = [title for _, title, _ in _COLUMNS]
+    cells = [[fmt(r.get(key)) for key, _, fmt in _COLUMNS] for r in rows]
+    notes = [
+        f"{r['model']} {r.get('target') or '?'}:{r.get('precision') or '?'}@{r.get('device') or '?'}: {r['error']}"
+        for r in rows
+        if r.get("error") and r.get("status") != STATUS_PASSED
+    ]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if k in _LEFT else "---:" for k, _, _ in _COLUMNS) + "|"]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
+        if notes:
+            lines += [""] + [f"- {n}" for n in notes]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+    keys = [k for k, _, _ in _COLUMNS]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) if k in _LEFT else v.rjust(w) for k, v, w in zip(keys, values, widths)).rstrip()
+
+    out = [line(header), "-" * len(line(header))] + [line(c) for c in cells]
+    if notes:
+        out += [""] + notes
+    return "\n".join(out)
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    """The fan-bench keys first, then how the row was measured (keys absent from a row are null)."""
+    ordered = {k: row.get(k) for k in ROW_KEYS}
+    ordered.update({k: row.get(k) for k in EXTRA_KEYS})
+    ordered.update({k: v for k, v in row.items() if k not in ordered})
+    return ordered
+
+
+def to_json(rows: Sequence[dict[str, Any]], settings: dict[str, Any] | None = None) -> str:
+    payload: dict[str, Any] = {"rows": [_clean(r) for r in rows]}
+    if settings:
+        payload["settings"] = settings
+    return json.dumps(payload, indent=2, allow_nan=False, default=str)
+
+
+def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(ROW_KEYS + EXTRA_KEYS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in _clean(r).items()})
+    return buffer.getvalue()
+
+
+def write_json(path: str | Path, rows: Sequence[dict[str, Any]], settings: dict[str, Any] | None = None) -> Path:
+    write_text_atomic(path, to_json(rows, settings) + "\n")
+    return Path(path)
+
+
+def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+    write_text_atomic(path, to_csv(rows))
+    return Path(path)

@@ -1,0 +1,571 @@
+"""fan-bench's engine: models x targets (or existing artifacts) -> one measured row each.
+
+For every model, the artifacts its targets need are exported with
+:func:`fan_edge.export.export_model` into the output folder, or reused from
+it when a previous run exported the same weights the same way (a small
+manifest, ``fan-bench-cache.json``, records the weights' hash and the export
+options of each artifact). Then each row is measured:
+
+- accuracy, in this process, on the same faces for every row: the artifact
+  through :class:`~fan_edge.runtime.LandmarkSession` (the code an app runs),
+  PyTorch eager through :func:`fan_edge.bench.evaluate.predict_dataset`;
+  scored by :func:`fan_edge.data.metrics.score`;
+- latency and peak memory, in a fresh subprocess per row
+  (``python -m fan_edge.runtime.bench`` for artifacts,
+  ``python -m fan_edge.bench.torch_bench`` for PyTorch), one after the other,
+  so that no row's imports, buffers or threads weigh on another's figures.
+
+Each row stands alone: an export, a load, a run or a timing that fails makes
+that row "failed" with a one-line reason, and the others go on. A target on a
+device that is not here is "device absent". An artifact whose NME
+(inter-ocular) is worse than its model's PyTorch row by more than the
+export's tolerance for its precision (:data:`fan_edge.export.parity.TOLERANCES`)
+is "exported but failed accuracy"; without data, the exporter's own parity
+verdict (in the sidecar) decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..atomic import write_text_atomic
+from ..errors import BenchError, FanEdgeError
+from ..runtime.bench import (
+    ROW_KEYS,
+    STATUS_DEVICE_ABSENT,
+    STATUS_FAILED,
+    STATUS_FAILED_ACCURACY,
+    STATUS_PASSED,
+    _first_line,
+    artifact_size_mb,
+)
+from .targets import TORCH, BenchTarget
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Calibration faces when --calib is not given: the training split beside the checkout (never the evaluated faces).
+DEFAULT_CALIB = ("..", "shared", "data", "300w", "helen_train")
+CACHE_MANIFEST = "fan-bench-cache.json"
+# The exporter's parity check draws its faces with this seed; the benchmark scores the very same faces.
+FACES_SEED = 1
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchOptions:
+    models: list[str] = field(default_factory=lambda: ["default"])
+    targets: list[BenchTarget] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    data: Path | None = None
+    calib: Path | None = None
+    calib_faces: int = 128
+    faces: int | None = None  # None: every face of --data
+    threads: int = 2
+    runs: int = 100
+    warmup: int = 10
+    out: Path = Path("fan-bench-artifacts")
+    verify_export: bool = True
+    fresh: bool = False  # re-export even when the cache holds a matching artifact
+    trust: bool = False
+    timeout_s: float = 1800.0  # per timing subprocess
+    baseline: bool = True  # add a PyTorch row for artifacts whose model is a registry name
+
+
+def default_calib_dir() -> Path | None:
+    for base in (REPO_ROOT, Path.cwd()):
+        candidate = base.joinpath(*DEFAULT_CALIB).resolve()
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+# ---- rows ----------------------------------------------------------------------------------------
+
+
+def new_row(model: str, target: BenchTarget, **extra: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {k: None for k in ROW_KEYS}
+    row.update(model=model, target=target.runtime, precision=target.precision, device=target.device, status=STATUS_PASSED)
+    row.update(extra)
+    return row
+
+
+def _fail(row: dict[str, Any], reason: str, status: str = STATUS_FAILED) -> dict[str, Any]:
+    row["status"] = status
+    row["error"] = reason
+    return row
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, FanEdgeError):
+        return _first_line(exc)
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
+# ---- faces ---------------------------------------------------------------------------------------
+
+
+class _Subset:
+    """Some items of a FaceFolder, for :func:`~fan_edge.bench.evaluate.predict_dataset` (which needs ``input_size``)."""
+
+    def __init__(self, dataset: Any, indices: np.ndarray) -> None:
+        self.dataset, self.indices, self.input_size = dataset, indices, dataset.input_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return self.dataset[int(self.indices[i])]
+
+
+class Faces:
+    """The evaluation faces, cropped once per (input size, crop) and shared by every row."""
+
+    def __init__(self, folder: Path, count: int | None) -> None:
+        self.folder, self.count = folder, count
+        self._crops: dict[str, Any] = {}
+
+    def crops(self, input_size: int, crop: Any):
+        from ..calibration import FaceCrops
+
+        key = json.dumps([input_size, crop.to_dict()], sort_keys=True)
+        if key not in self._crops:
+            self._crops[key] = FaceCrops(self.folder, input_size, crop, count=self.count, seed=FACES_SEED)
+        return self._crops[key]
+
+
+def _figures(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+    from ..data.metrics import score
+
+    scores = score(pred, gt).as_percent()
+    return {k: round(float(scores[k]), 4) for k in ("nme_io", "nme_box", "auc7", "fr7")} | {"faces": int(scores["faces"])}
+
+
+def artifact_accuracy(path: Path, backend: str, device: str, threads: int | None, faces: Faces) -> dict[str, Any]:
+    """NME, AUC@7, FR@7 of an artifact through the runtime session, on the shared faces."""
+    from ..runtime.decode import crop_points_to_image
+    from ..runtime.session import LandmarkSession
+
+    with LandmarkSession(path, backend=backend, device=device, threads=threads) as session:
+        c = session.contract
+        data = faces.crops(c.input_size, c.crop).load()
+        images = data["images"]
+        points = [session.run_crops(images[s : s + 16]).points for s in range(0, len(images), 16)]
+    pred = crop_points_to_image(np.concatenate(points), data["matrices"])
+    return _figures(pred, data["points"])
+
+
+def torch_accuracy(net: Any, faces: Faces) -> dict[str, Any]:
+    """The same figures for PyTorch eager, through the project's evaluation, on the same faces."""
+    from .evaluate import predict_dataset
+
+    crops = faces.crops(net.config.input_size, net.config.crop)
+    pred, gt = predict_dataset(net, _Subset(crops.dataset, crops.indices))
+    return _figures(pred, gt)
+
+
+# ---- timing in a fresh process -------------------------------------------------------------------
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def timing_command(path_or_model: str, target: BenchTarget, options: BenchOptions) -> list[str]:
+    common = ["--threads", str(options.threads), "--runs", str(options.runs), "--warmup", str(options.warmup), "--json"]
+    if target.is_torch:
+        cmd = [sys.executable, "-m", "fan_edge.bench.torch_bench", path_or_model, "--device", target.device] + common
+        return cmd + (["--trust"] if options.trust else [])
+    return [
+        sys.executable,
+        "-m",
+        "fan_edge.runtime.bench",
+        path_or_model,
+        "--backend",
+        target.runtime,
+        "--device",
+        target.device,
+    ] + common
+
+
+def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions) -> dict[str, Any]:
+    """The JSON row printed by the timing subprocess (its status and error included)."""
+    cmd = timing_command(path_or_model, target, options)
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=options.timeout_s, env=_environment())
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"timing did not finish within {options.timeout_s:.0f} s") from None
+    for line in reversed(proc.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
+    raise BenchError(f"timing process exited {proc.returncode}: {tail}")
+
+
+_TIMING_KEYS = ("size_mb", "latency_ms_p50", "latency_ms_p90", "fps", "peak_rss_mb", "base_rss_mb", "threads", "runs", "warmup")
+
+
+def _merge_timing(row: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
+    if timing.get("status") != STATUS_PASSED:
+        return _fail(row, timing.get("error") or "timing failed", timing.get("status") or STATUS_FAILED)
+    for key in _TIMING_KEYS:
+        if timing.get(key) is not None and (key != "size_mb" or row.get("size_mb") is None):
+            row[key] = timing[key]
+    return row
+
+
+# ---- export with a cache -------------------------------------------------------------------------
+
+
+def weights_digest(net: Any) -> str:
+    """sha256 of the config and every tensor of the state dict: what an artifact was exported from."""
+    h = hashlib.sha256(json.dumps(net.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, tensor in net.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class ArtifactCache:
+    """Which artifacts of the output folder were exported from which weights, with which options."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / CACHE_MANIFEST
+        try:
+            self.entries: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def hit(self, artifact: Path, key: dict[str, Any]) -> bool:
+        from ..runtime.contract import sidecar_path
+
+        return artifact.exists() and sidecar_path(artifact).is_file() and self.entries.get(artifact.name) == key
+
+    def store(self, artifact: Path, key: dict[str, Any]) -> None:
+        self.entries[artifact.name] = key
+        write_text_atomic(self.path, json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
+
+
+def _export_key(digest: str, target: BenchTarget, options: BenchOptions, calib: Path | None) -> dict[str, Any]:
+    key: dict[str, Any] = {
+        "weights": digest,
+        "target": target.export_target,
+        "precision": target.precision,
+        "fan_edge": __version__,
+    }
+    if target.precision == "int8":
+        key.update(calib=str(calib) if calib else None, calib_faces=options.calib_faces)
+    return key
+
+
+def export_artifacts(
+    model: str, name: str, digest: str, targets: Sequence[BenchTarget], options: BenchOptions, log: Log
+) -> dict[BenchTarget, Path | BaseException]:
+    """Each target's artifact path, or the exception that stopped its export.
+
+    Targets that share a precision set are exported in one call (the fp32
+    ONNX graph is then built once for ONNX and OpenVINO); if such a call
+    fails, its artifacts are retried one by one so that only the failing one
+    is lost.
+    """
+    from ..export.exporter import TARGETS, default_output, default_verify_dir, export_model
+
+    out = options.out.resolve()
+    cache = ArtifactCache(out)
+    calib = options.calib
+    verify: Path | bool = False
+    if options.verify_export:
+        # The faces scored by the benchmark; without them the exporter's own default (AFW), then the calibration faces.
+        verify = options.data or default_verify_dir() or calib or False
+    paths = {t: default_output(name, TARGETS[t.export_target], t.precision, "heatmaps", out) for t in targets}  # type: ignore[index]
+    keys = {t: _export_key(digest, t, options, calib) for t in targets}
+    result: dict[BenchTarget, Path | BaseException] = {}
+    todo = []
+    for t in targets:
+        if not options.fresh and cache.hit(paths[t], keys[t]):
+            log(f"{name} {t.export_target} {t.precision}: reusing {paths[t]}")
+            result[t] = paths[t]
+        else:
+            todo.append(t)
+
+    def run(group: list[BenchTarget]) -> None:
+        exports = list(dict.fromkeys(t.export_target for t in group))
+        precisions = list(dict.fromkeys(t.precision for t in group))
+        export_model(
+            model,
+            ",".join(exports),  # type: ignore[arg-type]
+            ",".join(precisions),
+            output=str(out) + os.sep,
+            calib=calib,
+            calib_faces=options.calib_faces,
+            verify=verify,
+            verify_faces=options.faces or 64,
+            trust=options.trust,
+            log=log,
+        )
+
+    # Group export targets by the set of precisions asked of them (export_model exports a full product).
+    by_target: dict[str, set[str]] = {}
+    for t in todo:
+        by_target.setdefault(t.export_target, set()).add(t.precision)  # type: ignore[arg-type]
+    groups: dict[frozenset[str], list[BenchTarget]] = {}
+    for t in todo:
+        groups.setdefault(frozenset(by_target[t.export_target]), []).append(t)  # type: ignore[index]
+    for group in groups.values():
+        started = time.time()
+        try:
+            run(group)
+            done = group
+        except Exception as exc:  # noqa: BLE001 - retried one by one below, so that one bad artifact costs only its row
+            if len(group) == 1:
+                result[group[0]] = exc
+                continue
+            log(f"{name}: export of {', '.join(map(str, group))} failed ({_reason(exc)}); retrying one by one")
+            done = []
+            for t in group:
+                if _written_since(paths[t], started):
+                    done.append(t)
+                    continue
+                try:
+                    run([t])
+                    done.append(t)
+                except Exception as one:  # noqa: BLE001 - this row's failure
+                    result[t] = one
+        for t in done:
+            result[t] = paths[t]
+            cache.store(paths[t], keys[t])
+    return result
+
+
+def _written_since(artifact: Path, started: float) -> bool:
+    from ..runtime.contract import sidecar_path
+
+    sidecar = sidecar_path(artifact)
+    return artifact.exists() and sidecar.is_file() and sidecar.stat().st_mtime >= started
+
+
+def _sidecar_verdict(path: Path) -> str | None:
+    """The exporter's parity failure recorded in the sidecar ("" when it passed, None when never verified)."""
+    from ..runtime.contract import read_sidecar
+
+    try:
+        contract = read_sidecar(path)
+    except FanEdgeError:
+        return None
+    v = (contract.verification or {}) if contract else {}
+    if v.get("status") == "failed accuracy":
+        delta, tol = v.get("delta_nme"), v.get("tolerance")
+        if isinstance(delta, (int, float)) and isinstance(tol, (int, float)):
+            return f"export parity: ΔNME io {delta:+.3f} pp > {tol} pp on {v.get('faces', '?')} faces"
+        return "export parity check failed"
+    return "" if v.get("status") == "ok" else None
+
+
+# ---- the benchmark -------------------------------------------------------------------------------
+
+
+def _artifact_row(
+    path: Path, model: str, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log
+) -> dict[str, Any]:
+    row = new_row(model, target, path=str(path))
+    try:
+        row["size_mb"] = round(artifact_size_mb(path), 3)
+        if faces is not None:
+            log(f"{target.label} {path.name}: accuracy on {faces.folder.name}")
+            row.update(artifact_accuracy(path, target.runtime, target.device, options.threads, faces))
+        log(f"{target.label} {path.name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
+        _merge_timing(row, timed_row(str(path), target, options))
+        if row["status"] == STATUS_PASSED and faces is None:
+            verdict = _sidecar_verdict(path)
+            if verdict:
+                _fail(row, verdict, STATUS_FAILED_ACCURACY)
+    except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
+        _fail(row, _reason(exc))
+    return row
+
+
+def _torch_row(
+    model: str, name: str, net: Any, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log
+) -> dict[str, Any]:
+    row = new_row(name, target, path=model)
+    try:
+        if target.device != "cpu":
+            import torch
+
+            if target.device != "gpu" or not torch.cuda.is_available():
+                return _fail(row, f"no {target.device} device for PyTorch here", STATUS_DEVICE_ABSENT)
+        if faces is not None:
+            log(f"{target.label} {name}: accuracy on {faces.folder.name}")
+            row.update(torch_accuracy(net, faces))
+        log(f"{target.label} {name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
+        _merge_timing(row, timed_row(model, target, options))
+    except Exception as exc:  # noqa: BLE001
+        _fail(row, _reason(exc))
+    return row
+
+
+def _device_absent(target: BenchTarget) -> str | None:
+    """Why ``target``'s device is not usable here, or None (raises when its backend is not installed)."""
+    from ..runtime.bench import device_present
+
+    if target.device == "cpu" or device_present(target.runtime, target.device):
+        return None
+    return f"no {target.device} device for {target.runtime} here"
+
+
+def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log) -> list[dict[str, Any]]:
+    """Every target's row for one model (export as needed)."""
+    from ..export.exporter import resolve_model
+
+    try:
+        net, name, _ = resolve_model(model, trust=options.trust)
+    except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its rows, not the others'
+        return [_fail(new_row(model, t), _reason(exc)) for t in options.targets]
+
+    rows: dict[BenchTarget, dict[str, Any]] = {}
+    exportable = []
+    for t in options.targets:
+        if t.is_torch:
+            continue
+        try:
+            absent = _device_absent(t)
+        except Exception as exc:  # noqa: BLE001 - e.g. the backend is not installed
+            rows[t] = _fail(new_row(name, t), _reason(exc))
+            continue
+        if absent:
+            rows[t] = _fail(new_row(name, t), absent, STATUS_DEVICE_ABSENT)
+        else:
+            exportable.append(t)
+    artifacts = export_artifacts(model, name, weights_digest(net), exportable, options, log) if exportable else {}
+    for t in options.targets:
+        if t in rows:
+            continue
+        if t.is_torch:
+            rows[t] = _torch_row(model, name, net, t, options, faces, log)
+            continue
+        got = artifacts[t]
+        if isinstance(got, BaseException):
+            rows[t] = _fail(new_row(name, t), f"export: {_reason(got)}")
+        else:
+            rows[t] = _artifact_row(got, name, t, options, faces, log)
+    return [rows[t] for t in options.targets]
+
+
+def bench_artifact(path: str, options: BenchOptions, faces: Faces | None, log: Log) -> dict[str, Any]:
+    """The row of an existing artifact (runtime by suffix, precision and model from its contract)."""
+    from ..runtime.backends import choose_backend
+    from ..runtime.session import read_contract
+
+    p = Path(path)
+    try:
+        runtime = choose_backend(p) if p.is_file() else None
+        if runtime is None:
+            raise BenchError(f"{p}: no such file")
+        contract = read_contract(p)
+    except Exception as exc:  # noqa: BLE001
+        row = new_row(p.name, BenchTarget(TORCH), path=str(p))
+        row.update(target=None, precision=None)
+        return _fail(row, _reason(exc))
+    return _artifact_row(p, contract.model or p.stem, BenchTarget(runtime, contract.precision, "cpu"), options, faces, log)
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Speed-up of each row against its model's PyTorch eager fp32 CPU row (p50 / p50)."""
+    base = {
+        r["model"]: r["latency_ms_p50"]
+        for r in rows
+        if r["target"] == TORCH and r["device"] == "cpu" and r["status"] == STATUS_PASSED and r["latency_ms_p50"]
+    }
+    for r in rows:
+        b = base.get(r["model"])
+        r["speedup"] = round(b / r["latency_ms_p50"], 3) if b and r.get("latency_ms_p50") else None
+
+
+def check_accuracy(rows: list[dict[str, Any]]) -> None:
+    """Mark artifacts whose NME io is worse than their model's PyTorch row by more than the export tolerance."""
+    from ..export.parity import TOLERANCES
+
+    base = {r["model"]: r for r in rows if r["target"] == TORCH and r["status"] == STATUS_PASSED and r.get("nme_io") is not None}
+    for r in rows:
+        ref = base.get(r["model"])
+        if r["target"] == TORCH or ref is None or r["status"] != STATUS_PASSED or r.get("nme_io") is None:
+            continue
+        if r.get("faces") != ref.get("faces"):
+            continue
+        delta = r["nme_io"] - ref["nme_io"]
+        r["delta_nme_io"] = round(delta, 4)
+        tol = TOLERANCES.get(r["precision"])
+        if tol is not None and abs(delta) > tol:
+            _fail(r, f"ΔNME io {delta:+.3f} pp vs PyTorch > {tol} pp ({r['precision']} tolerance)", STATUS_FAILED_ACCURACY)
+
+
+def run_bench(options: BenchOptions, log: Log | None = None) -> list[dict[str, Any]]:
+    """Every row of the benchmark, in the order asked (models x targets, then artifacts)."""
+    say = log or (lambda msg: None)
+    if options.data is not None and not Path(options.data).is_dir():
+        raise BenchError(f"--data {options.data}: not a folder")
+    if options.calib is not None and not Path(options.calib).is_dir():
+        raise BenchError(f"--calib {options.calib}: not a folder")
+    for value, what in ((options.threads, "threads"), (options.runs, "runs")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BenchError(f"{what} must be a positive integer, got {value!r}")
+    if options.faces is not None and options.faces < 1:
+        raise BenchError(f"faces must be a positive integer, got {options.faces!r}")
+    if not options.models and not options.artifacts:
+        raise BenchError("nothing to benchmark: give --model or --artifact")
+    if options.models and not options.targets:
+        raise BenchError("no targets given")
+    if options.data is not None:
+        from ..data.dataset import scan_folder
+
+        scan_folder(options.data)  # a one-line DataError now rather than one per row later
+    faces = Faces(Path(options.data), options.faces) if options.data is not None else None
+
+    rows: list[dict[str, Any]] = []
+    for model in options.models:
+        rows += bench_model(model, options, faces, say)
+    artifact_rows = [bench_artifact(a, options, faces, say) for a in options.artifacts]
+    if options.baseline:
+        have = {r["model"] for r in rows if r["target"] == TORCH}
+        for name in dict.fromkeys(r["model"] for r in artifact_rows if r["target"] and r["status"] != STATUS_FAILED):
+            if name not in have and _registry_name(name):
+                rows += bench_model_torch_only(name, options, faces, say)
+    rows += artifact_rows
+    check_accuracy(rows)
+    add_speedups(rows)
+    return rows
+
+
+def _registry_name(name: str) -> bool:
+    from ..models import get_entry
+
+    try:
+        get_entry(name)
+        return True
+    except FanEdgeError:
+        return False
+
+
+def bench_model_torch_only(model: str, options: BenchOptions, faces: Faces | None, log: Log) -> list[dict[str, Any]]:
+    """The PyTorch baseline row of an artifact's model, when that model is in the registry."""
+    from dataclasses import replace
+
+    return bench_model(model, replace(options, targets=[BenchTarget(TORCH)]), faces, log)
