@@ -171,7 +171,7 @@ def test_user_errors_are_one_line(tiny_checkpoint, synthetic_faces, tmp_path, ca
     empty.mkdir()
     assert export_main(["--target", "onnx", "--precision", "int8", "--calib", str(empty), *base]) == 2
     err = capsys.readouterr().err.strip()
-    assert "no images with .pts" in err and len(err.splitlines()) == 1
+    assert "no images" in err and len(err.splitlines()) == 1
     assert export_main(["--target", "onnx", "--precision", "fp8", *base]) == 2
     assert export_main(["--target", "onnx", *base[:2], "--no-verify", "--output", str(tmp_path / "m.xml")]) == 2
     with pytest.raises(DataError):

@@ -1,5 +1,6 @@
-"""Calibration data for post-training quantization (and the faces the export's parity report reads)."""
+"""Calibration data for int8 (post-training and quantization-aware), and the faces the export's parity report reads."""
 
-from .source import FaceCrops, spread_indices
+from .selection import cover, lighting, pose_proxies
+from .source import FaceCrops, calibration_faces, spread_indices
 
-__all__ = ["FaceCrops", "spread_indices"]
+__all__ = ["FaceCrops", "calibration_faces", "cover", "lighting", "pose_proxies", "spread_indices"]

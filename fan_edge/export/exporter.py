@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text_atomic
-from ..calibration import FaceCrops
+from ..calibration import FaceCrops, calibration_faces
 from ..errors import ExportError
 from ..runtime.contract import OUTPUT_KINDS, PRECISIONS, ModelContract, sidecar_path
 from ._files import Staging
@@ -217,6 +217,7 @@ def export_model(
     trust: bool = False,
     tolerances: dict[str, float] | None = None,
     log=None,
+    int8_float: Sequence[str] | None = None,
 ) -> list[ExportResult]:
     """Export ``model`` to every ``target`` x ``precision`` and check each against PyTorch.
 
@@ -225,6 +226,11 @@ def export_model(
     path names the folder; False skips the check. An artifact that fails the
     check is kept, its status (and its sidecar's ``verification``) says
     "failed accuracy"; callers decide the exit code (``fan-export`` exits 1).
+
+    int8 (:mod:`fan_edge.export.int8`): ``int8_float`` (PyTorch module-name
+    patterns) replaces the layers each target's recipe keeps float; a
+    checkpoint written by ``fan-quantize --qat`` brings its quantizers
+    (:func:`fan_edge.quantize.qat.load_qat`).
     """
     say = log or (lambda msg: None)
     targets = [TARGETS[t] for t in _split(target, "target", list(TARGETS))]
@@ -251,10 +257,15 @@ def export_model(
     net, name, card = resolve_model(model, trust, input_size)
     cfg = net.config
     calibration = None
+    qat = None
+    if any(p == "int8" for _, p in combos) and "nncf" in {pkg for t, _ in combos for pkg in t.packages}:
+        from ..quantize.qat import load_qat
+
+        qat = load_qat(model)
     if any(p == "int8" and t.int8_needs_calibration for t, p in combos):
         if calib is None:
             raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
-        calibration = FaceCrops(calib, cfg.input_size, cfg.crop, count=calib_faces, seed=0)
+        calibration = calibration_faces(calib, cfg.input_size, cfg.crop, count=calib_faces, seed=0)
     faces = FaceCrops(verify_dir, cfg.input_size, cfg.crop, count=verify_faces, seed=1) if verify_dir is not None else None
     paths = _outputs_for(output, combos, name, outputs)
 
@@ -266,7 +277,8 @@ def export_model(
         contract = build_contract(net, model_name=name, card=card, target=t.name, precision=p, outputs=outputs)
         sidecar = sidecar_path(out)
         with Staging(out) as staging:
-            job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared)
+            job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared,
+                            int8_float=None if int8_float is None else tuple(int8_float), qat=qat)
             files = list(_exporter(t)(job))
             contract = job.contract  # the target may have refined it (layout, I/O quantization)
             staging.path(sidecar).write_text(contract.to_json(indent=2) + "\n")

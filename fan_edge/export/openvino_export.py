@@ -8,9 +8,14 @@ Starts from the same fp32 ONNX graph as the ONNX target
   default would halve them);
 - fp16: weights compressed to fp16 (OpenVINO's own compression, decompressed
   on load; the CPU computes in f32 or bf16 per the inference precision hint);
-- int8: NNCF post-training quantization (``nncf.quantize``, MIXED preset) of
-  the OpenVINO model on an ``nncf.Dataset`` of calibration crops, the stack
-  heads of :mod:`fan_edge.export.int8` in the ignored scope.
+- int8: NNCF post-training quantization (``nncf.quantize``, MIXED preset:
+  asymmetric activations) of the OpenVINO model on an ``nncf.Dataset`` of
+  calibration crops, one face per sample, activation ranges by
+  ``MEAN_MINMAX`` (per-face extremes averaged) and the convolutions that
+  :mod:`fan_edge.export.int8` keeps float in the ignored scope; for a
+  quantization-aware-trained checkpoint (``fan-quantize --qat``), its own
+  fake-quantized PyTorch model converted by ``ov.convert_model`` (NNCF's
+  quantizers become FakeQuantize ops).
 
 ``outputs="landmarks"``: the decoding head is converted on its own and wired
 after the compressed or quantized network (its parameter's consumers are
@@ -27,7 +32,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..runtime.contract import RT_INFO_PATH
-from .int8 import is_float_conv_weight
+from .int8 import float_layers, is_float_conv_weight
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME
 from .onnx_export import _quiet, fp32_backbone, fp32_head
@@ -51,31 +56,39 @@ def _compress_fp16(model, workdir: Path):
     return ov.Core().read_model(str(path))
 
 
-def _quantize_int8(model, job: ExportJob):
+def quantize_int8(model, calibration, keep_float: tuple[str, ...] | None = None):
+    """NNCF post-training int8 of an ov.Model (see the module docstring); ``keep_float`` overrides the recipe's layers."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    if job.calibration is None:
+    if calibration is None:
         raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
-    dataset = job.calibration.nncf_dataset()
-    keep_float = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Convolution" and _float_conv(op)]
+    patterns = float_layers("openvino", keep_float)
+    excluded = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Convolution" and _float_conv(op, patterns)]
     with _quiet():
         nncf.set_log_level(logging.ERROR)
         return nncf.quantize(
             model,
-            dataset,
-            subset_size=len(job.calibration),
+            calibration.nncf_dataset(),
+            subset_size=len(calibration),
             preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations: measured better than PERFORMANCE here
-            ignored_scope=nncf.IgnoredScope(names=keep_float) if keep_float else None,
+            ignored_scope=nncf.IgnoredScope(names=excluded) if excluded else None,
+            advanced_parameters=AdvancedQuantizationParameters(
+                activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_MINMAX,
+            ),
         )
 
 
-def _float_conv(op) -> bool:
-    """Whether a Convolution's weights are one of the stack heads that fan_edge.export.int8 keeps float."""
+
+
+def _float_conv(op, patterns: tuple[str, ...]) -> bool:
+    """Whether a Convolution's weights are those of a layer that ``patterns`` keep float."""
     source = op.input_value(1).get_node()
     while source.get_type_name() == "Convert":
         source = source.input_value(0).get_node()
     names = {source.get_friendly_name()} | {n for out in source.outputs() for n in out.get_names()}
-    return any(is_float_conv_weight(n) for n in names)
+    return any(is_float_conv_weight(n, patterns) for n in names)
 
 
 def attach_head(body, head):
@@ -91,11 +104,16 @@ def attach_head(body, head):
 
 def build_openvino(job: ExportJob, workdir: Path):
     """The final ov.Model of ``job`` (precision applied, head attached, contract in rt_info)."""
-    model = _convert(fp32_backbone(job), workdir, "backbone")
+    if job.precision == "int8" and job.qat is not None:
+        from ..quantize.qat import to_openvino
+
+        model = to_openvino(job.qat)  # the quantization-aware-trained quantizers, as FakeQuantize
+    else:
+        model = _convert(fp32_backbone(job), workdir, "backbone")
     if job.precision == "fp16":
         model = _compress_fp16(model, workdir)
-    elif job.precision == "int8":
-        model = _quantize_int8(model, job)
+    elif job.precision == "int8" and job.qat is None:
+        model = quantize_int8(model, job.calibration, job.int8_float)
     if job.outputs == "landmarks":
         model = attach_head(model, _convert(fp32_head(job), workdir, "head"))
     model.set_rt_info(job.contract.to_json(), list(RT_INFO_PATH))

@@ -14,8 +14,11 @@ Pipeline (each step a function over flatbuffer bytes):
    - fp16: convolution weights stored float16 and dequantized at load
      (``float_casting``; float32 compute and I/O);
    - int8: full-integer static quantization (every op int8, weights
-     symmetric per channel, activations asymmetric per tensor, min/max
-     calibrated on :class:`fan_edge.calibration.FaceCrops`). Input and
+     symmetric per channel, activations asymmetric per tensor; ranges from
+     ai-edge-quantizer's moving average of per-face min/max over
+     :class:`fan_edge.calibration.FaceCrops`, one face per sample: the recipe
+     of :mod:`fan_edge.export.int8`, whose float layers, if any, get
+     ``no_quantize``). Input and
      heatmaps are int8 (the input's scale is 1/255 with zero point -128:
      ``pixel - 128``); the runtime backend quantizes and dequantizes with the
      tensors' own parameters.
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +55,7 @@ import numpy as np
 
 from ..errors import ExportError
 from ..runtime.contract import METADATA_KEY
+from .int8 import float_layers, matches, tflite_scope
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME, INPUT_NAME
 from .onnx_export import _quiet
@@ -74,8 +79,9 @@ FP16_RECIPE = [
 _TYPE_NAMES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 7: "int16", 9: "int8"}  # tflite TensorType
 
 
-def int8_recipe(float_output: bool = False) -> list[dict[str, Any]]:
-    """Full-integer static int8 of every supported op; ``float_output`` keeps the graph's outputs float32."""
+def int8_recipe(float_output: bool = False, keep_float: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Static int8 of every supported op; ``float_output`` keeps the graph's outputs float32, ``keep_float`` (PyTorch
+    module names, see :func:`fan_edge.export.int8.tflite_scope`) the named layers' ops."""
     recipe: list[dict[str, Any]] = [
         {
             "regex": ".*",
@@ -89,6 +95,8 @@ def int8_recipe(float_output: bool = False) -> list[dict[str, Any]]:
             },
         }
     ]
+    for name in keep_float:
+        recipe.append({"regex": tflite_scope(name), "operation": "*", "algorithm_key": "no_quantize"})
     if float_output:
         recipe.append({"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"})
     return recipe
@@ -234,16 +242,32 @@ def to_fp16(model: bytes) -> bytes:
         return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
-def to_int8(model: bytes, calibration, float_output: bool = False) -> bytes:
-    """Full-integer static int8 (:func:`int8_recipe`), calibrated on ``calibration`` (a FaceCrops)."""
+def to_int8(model: bytes, calibration, float_output: bool = False, keep_float: tuple[str, ...] | None = None) -> bytes:
+    """Static int8 (:func:`int8_recipe`), calibrated on ``calibration`` (a FaceCrops, one face per sample); the layers
+    matching ``keep_float`` (default: :data:`fan_edge.export.int8.FLOAT_LAYERS`) stay float."""
     if calibration is None:
         raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
-    q = _quantizer(model, int8_recipe(float_output))
+    q = _quantizer(model, int8_recipe(float_output, _float_modules(model, float_layers("tflite", keep_float))))
     data = calibration.litert_calibration(INPUT_NAME, "NHWC", SIGNATURE)
     with _silenced():
         ranges = q.calibrate(data, num_threads=max(1, min(4, os.cpu_count() or 1)))
         quantized = bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
     return widen_degenerate_add_scales(quantized)
+
+
+def _float_modules(model: bytes, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The PyTorch module names of the converted model's convolutions that ``patterns`` match."""
+    if not patterns:
+        return ()
+    subgraph, _ = _single_subgraph(read_model(model), "network")
+    found = set()
+    for tensor in subgraph.tensors:
+        for step in _text(tensor.name).split(";;"):
+            path = re.findall(r"/[^/;]*?_([A-Za-z0-9_]+)(?=/|;|$)", step.split("FAN_module", 1)[-1]) if "FAN_module" in step else []
+            name = ".".join(path)
+            if name and matches(name, patterns):
+                found.add(name)
+    return tuple(sorted(found))
 
 
 # TFLite's int8 ADD/SUB rescale both inputs to 2 x max(input scale) with a 20-bit left shift and need
@@ -457,7 +481,7 @@ def build_tflite(job: ExportJob) -> bytes:
         model = to_fp16(model)
     elif job.precision == "int8":
         # A landmarks model keeps the network's output float: the head follows it in float32.
-        model = to_int8(model, job.calibration, float_output=landmarks)
+        model = to_int8(model, job.calibration, float_output=landmarks, keep_float=job.int8_float)
     model = name_heatmaps(model)
     if landmarks:
         model = attach_head(model, fp32_head(job))

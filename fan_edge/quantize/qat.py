@@ -1,0 +1,458 @@
+"""Quantization-aware training with NNCF (``fan-quantize --qat``).
+
+``nncf.quantize`` inserts fake quantizers into the PyTorch FAN (weights
+symmetric per channel, activations asymmetric per tensor, the MIXED preset of
+the OpenVINO post-training path), initialised on the calibration faces with
+the recipe of :mod:`fan_edge.export.int8` (per-face extremes averaged:
+``MEAN_MINMAX`` on one face per sample); then ordinary fine-tuning trains the
+weights and the quantizers' ranges together:
+
+- loss: the heatmap loss on every stack against the ground truth, plus, with
+  a teacher (by default the float model itself), the same loss against the
+  teacher's heatmaps (``distill_weight`` balances the two, as in
+  ``fan-distill``); the augmentation of ``fan-train``;
+- BatchNorm statistics frozen (FAN's pre-activation BN folds into no
+  convolution; its statistics must stay those the ranges were measured with);
+  the quantizers' parameters get no weight decay;
+- progress bar per epoch, one log line per epoch (``qat.log``; validation
+  NME of the fake-quantized model), ``last.ckpt`` written atomically every few
+  minutes and at every epoch: the same command resumes to the batch (data
+  order and augmentation are functions of ``(seed, epoch, index)``);
+  SIGINT/SIGTERM save and stop.
+
+The run directory ends with ``final.safetensors`` (+ card ``final.json``):
+the fine-tuned weights as an ordinary fan-edge checkpoint, which every tool
+loads; and ``final.qat.safetensors`` beside it: the quantizers (NNCF's
+config in the metadata, their parameters as tensors). ``fan-export --model
+OUT/final.safetensors --precision int8`` finds the quantizers and uses them
+(:func:`load_qat`): OpenVINO converts the fake-quantized model itself
+(``ov.convert_model``: NNCF's quantizers become FakeQuantize);
+ONNX and TFLite quantize the QAT weights with their post-training recipe
+(measured: docs/quantization.md, which also has the ONNX QDQ of NNCF's own
+quantizers, slower than fp32 in ONNX Runtime).
+
+NNCF's CPU kernels are a C++ extension compiled on first use (minutes on a
+small machine, and a compiler); :func:`use_eager_kernels` runs NNCF's own
+reference implementation of the same functions in plain PyTorch instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..atomic import atomic_path, write_text_atomic
+from ..errors import CheckpointError, ConfigError, DataError
+from ..export.int8 import matches
+from ..models import FAN, FANConfig, create_model, read_checkpoint, save_checkpoint
+from ..train.spec import TrainSpec
+
+LAST = "last.ckpt"
+FINAL = "final.safetensors"
+QAT_SUFFIX = ".qat.safetensors"
+HOOKS_PREFIX = "__nncf_hooks."
+CONFIG_KEY = "nncf_config"
+log = logging.getLogger("fan_edge.quantize.qat")
+
+
+@dataclass
+class QATSpec:
+    """A QAT run: the fine-tuning (``train``: model, data, schedule, loss, augmentation, teacher) and the
+    quantizers' initialisation (calibration faces, layers kept float)."""
+
+    train: TrainSpec
+    calib: str | None = None  # default: the first --data folder
+    calib_faces: int = 128
+    keep_float: list[str] = field(default_factory=list)  # module-name patterns kept float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train": self.train.to_dict(), "calib": self.calib, "calib_faces": self.calib_faces, "keep_float": list(self.keep_float)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "QATSpec":
+        return cls(TrainSpec.from_dict(data["train"]), data.get("calib"), int(data.get("calib_faces", 128)), list(data.get("keep_float", [])))
+
+
+# ---- NNCF plumbing ------------------------------------------------------------------------------------
+
+
+def use_eager_kernels() -> None:
+    """Run NNCF's fake quantization with its reference PyTorch functions (see the module docstring).
+
+    Only when NNCF has not loaded its CPU extension yet; a no-op afterwards.
+    """
+    from nncf.torch.quantization import extensions
+    from nncf.torch.quantization.reference import ReferenceBackendType, ReferenceQuantize
+
+    namespace = extensions.QuantizedFunctionsCPU
+    if getattr(namespace, "_loaded_namespace", None) is not None:
+        return
+    reference = ReferenceQuantize(ReferenceBackendType.TORCH)
+
+    class _Eager:
+        Quantize_forward = staticmethod(reference.forward)
+        Quantize_backward = staticmethod(reference.backward)
+
+    namespace._loaded_namespace = _Eager
+
+
+def ignored_scope(model: FAN, keep_float: list[str] | tuple[str, ...]):
+    """An ``nncf.IgnoredScope`` of the convolutions whose module names match ``keep_float`` (None when empty)."""
+    import nncf
+
+    names = [f"{n.replace('.', '/')}/conv2d/0" for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and matches(n, keep_float)]
+    return nncf.IgnoredScope(names=names, validate=False) if names else None
+
+
+def quantize_for_training(model: FAN, calibration, keep_float: list[str] | tuple[str, ...] = ()) -> FAN:
+    """A copy of ``model`` with NNCF fake quantizers, initialised on ``calibration`` (a FaceCrops)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    use_eager_kernels()
+    nncf.set_log_level(logging.ERROR)
+    net = copy.deepcopy(model).eval()
+    return nncf.quantize(
+        net,
+        calibration.nncf_dataset(torch_tensors=True),
+        subset_size=len(calibration),
+        preset=nncf.QuantizationPreset.MIXED,
+        ignored_scope=ignored_scope(net, keep_float),
+        advanced_parameters=AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_MINMAX),
+    )
+
+
+def _nncf_config(qmodel: nn.Module) -> dict[str, Any]:
+    import nncf
+
+    return nncf.torch.get_config(qmodel)
+
+
+def _rebuild(model: FAN, config: dict[str, Any]) -> FAN:
+    import nncf
+
+    use_eager_kernels()
+    return nncf.torch.load_from_config(model, config)
+
+
+def float_state(qmodel: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in qmodel.state_dict().items() if not k.startswith(HOOKS_PREFIX)}
+
+
+def float_copy(qmodel: FAN) -> FAN:
+    """The fine-tuned weights in a plain FAN (no quantizers)."""
+    net = FAN(qmodel.config)
+    net.load_state_dict(float_state(qmodel))
+    return net.eval()
+
+
+def qat_path(checkpoint: str | Path) -> Path:
+    """Where the quantizers of ``checkpoint`` (a ``.safetensors``) live."""
+    p = Path(checkpoint)
+    return p.with_name(p.name[: -len(".safetensors")] + QAT_SUFFIX if p.name.endswith(".safetensors") else p.name + QAT_SUFFIX)
+
+
+def save_qat(qmodel: FAN, path: str | Path, card: dict[str, Any]) -> Path:
+    """``path`` (the fine-tuned weights, an ordinary checkpoint + card) and its quantizers beside it.
+
+    The quantizers are written first: a checkpoint never appears without them.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(path).with_suffix(".safetensors")
+    hooks = {k: v.detach().contiguous().cpu() for k, v in qmodel.state_dict().items() if k.startswith(HOOKS_PREFIX)}
+    with atomic_path(qat_path(out)) as tmp:
+        save_file(hooks, str(tmp), metadata={CONFIG_KEY: json.dumps(_nncf_config(qmodel))})
+    return save_checkpoint(float_copy(qmodel), out, card)
+
+
+def load_qat(checkpoint: Any) -> FAN | None:
+    """The fake-quantized FAN of a QAT checkpoint (its weights plus the quantizers beside it), or None when
+    ``checkpoint`` is not a file with quantizers."""
+    if not isinstance(checkpoint, (str, Path)):
+        return None
+    path = Path(checkpoint)
+    quantizers = qat_path(path)
+    if not (path.is_file() and quantizers.is_file()):
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(quantizers), "pt") as fh:
+        meta = fh.metadata() or {}
+    if CONFIG_KEY not in meta:
+        raise CheckpointError(f"{quantizers}: no NNCF config in its metadata (not written by fan-quantize --qat)")
+    qmodel = _rebuild(create_model(str(path)).eval(), json.loads(meta[CONFIG_KEY]))
+    state = float_state(qmodel)
+    state.update(load_file(str(quantizers)))
+    try:
+        qmodel.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{quantizers} does not match {path.name}: {str(exc).splitlines()[0][:200]}") from None
+    return qmodel.eval()
+
+
+def to_openvino(qmodel: FAN, input_name: str = "input", output_name: str = "heatmaps"):
+    """The fake-quantized FAN as an ov.Model (NNCF's quantizers become FakeQuantize), dynamic batch, tensors named as
+    the other targets name them."""
+    import warnings
+
+    import openvino as ov
+
+    s = qmodel.config.input_size
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        model = ov.convert_model(qmodel.eval(), example_input=torch.zeros(1, 3, s, s), input=[ov.PartialShape([-1, 3, s, s])])
+    model.inputs[0].get_tensor().set_names({input_name})
+    model.outputs[0].get_tensor().set_names({output_name})
+    return model  # weights come out int8 already (int8 constants, Convert, Multiply by the scale)
+
+
+def to_qdq_onnx(qmodel: FAN, input_name: str = "input", output_name: str = "heatmaps"):
+    """The fake-quantized FAN as QDQ ONNX (NNCF's quantizers as Quantize/DequantizeLinear pairs, simplified).
+
+    ``nncf.strip`` to PyTorch fake-quantize ops, then the TorchScript-based
+    exporter (the dynamo exporter cannot trace NNCF's hooks), then onnxslim.
+    """
+    import io
+    import warnings
+
+    import nncf
+    import onnx
+    import onnxslim
+
+    s = qmodel.config.input_size
+    example = torch.zeros(1, 3, s, s)
+    stripped = nncf.strip(qmodel.eval(), do_copy=True, strip_format=nncf.StripFormat.NATIVE, example_input=example)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(stripped, (example,), buffer, dynamo=False, opset_version=18, input_names=[input_name],
+                          output_names=[output_name], dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+    return onnxslim.slim(onnx.load_from_string(buffer.getvalue()))
+
+
+# ---- the training loop --------------------------------------------------------------------------------
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+
+
+def _optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
+    from ..train.trainer import _optimizer as make
+
+    weights = [p for n, p in model.named_parameters() if not n.startswith(HOOKS_PREFIX) and p.requires_grad]
+    ranges = [p for n, p in model.named_parameters() if n.startswith(HOOKS_PREFIX) and p.requires_grad]
+    optimizer = make(spec, weights)
+    if ranges:
+        optimizer.add_param_group({"params": ranges, "weight_decay": 0.0})
+    return optimizer
+
+
+def _setup_logging(out: Path) -> None:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    for handler in (logging.FileHandler(out / "qat.log"), logging.StreamHandler()):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+
+
+def _validate(model: FAN, folder: str) -> dict[str, float]:
+    from ..bench.evaluate import evaluate_model
+
+    return {k: round(v, 4) for k, v in evaluate_model(model, folder, batch_size=32).scores.as_percent().items()}
+
+
+def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) a QAT run into ``spec.train.out``; returns a summary (figures, paths)."""
+    from ..calibration import calibration_faces
+    from ..train.losses import LOSSES, stack_weights, stacked_loss
+    from ..train.trainer import _datasets, epoch_batches, lr_factor, teacher_heatmaps
+
+    ts = spec.train
+    out = Path(ts.out)
+    _setup_logging(out)
+    if ts.loss not in LOSSES:
+        raise ConfigError(f"unknown loss {ts.loss!r}; expected one of {', '.join(LOSSES)}")
+    if not ts.data:
+        raise DataError("no training data: give at least one --data folder")
+    torch.manual_seed(ts.seed)
+    last = out / LAST
+    state: dict[str, Any] | None = None
+    if resume and last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        saved = QATSpec.from_dict(state["spec"])
+        saved.train.epochs = max(ts.epochs, saved.train.epochs)
+        for name in ("workers", "max_minutes", "max_batches", "checkpoint_minutes"):
+            setattr(saved.train, name, getattr(ts, name))
+        spec, ts = saved, saved.train
+        log.info("resuming %s at epoch %d batch %d", last, state["epoch"], state["batch"])
+
+    base = create_model(ts.model).eval()
+    teacher = None
+    if ts.teacher:
+        teacher = (copy.deepcopy(base) if ts.teacher == ts.model else create_model(ts.teacher)).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        if teacher.config.crop != base.config.crop or teacher.config.input_size != base.config.input_size:
+            raise ConfigError("the teacher must share the student's crop and input size")
+    if state is None:
+        calib = calibration_faces(spec.calib or ts.data[0], base.config.input_size, base.config.crop, spec.calib_faces, seed=ts.seed)
+        log.info("initialising the quantizers on %d faces of %s", len(calib), calib.folder)
+        model = quantize_for_training(base, calib, spec.keep_float)
+        base_figures = _validate(base, ts.val) if ts.val else {}
+        init_figures = _validate(model, ts.val) if ts.val else {}
+        if ts.val:
+            log.info("validation: float %s | int8 (fake-quant) after initialisation %s", json.dumps(base_figures), json.dumps(init_figures))
+    else:
+        model = _rebuild(FAN(FANConfig.from_dict(state["config"])), json.loads(state["nncf_config"]))
+        model.load_state_dict(state["model"])
+        base_figures, init_figures = state["base_figures"], state["init_figures"]
+
+    dataset = _datasets(ts, model, require_points=True)
+    optimizer = _optimizer(ts, model)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    weights = stack_weights(model.config.stacks, ts.stack_weights)
+    start_epoch, start_batch = (state["epoch"], state["batch"]) if state else (0, 0)
+    history: list[dict[str, Any]] = state["history"] if state else []
+    write_text_atomic(out / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+
+    def save(epoch: int, batch: int) -> None:
+        with atomic_path(last) as tmp:
+            torch.save({
+                "model": model.state_dict(), "nncf_config": json.dumps(_nncf_config(model)), "config": model.config.to_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch, "history": history,
+                "spec": spec.to_dict(), "base_figures": base_figures, "init_figures": init_figures,
+            }, tmp)
+
+    stop = {"flag": False}
+    handlers = {s: signal.signal(s, lambda *_: stop.__setitem__("flag", True)) for s in (signal.SIGTERM, signal.SIGINT)}
+    started = last_save = time.monotonic()
+    done = 0
+    try:
+        for epoch in range(start_epoch, ts.epochs):
+            dataset.set_epoch(epoch)
+            batches = epoch_batches(len(dataset), ts.batch_size, ts.seed, epoch, 0, 1)
+            first = start_batch if epoch == start_epoch else 0
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[first:], num_workers=ts.workers)
+            model.train()
+            _freeze_bn(model)
+            losses: list[float] = []
+            epoch_started = time.monotonic()
+            progress = _progress(len(batches), first, epoch, ts.epochs)
+            for b, batch in enumerate(loader, start=first):
+                for group in optimizer.param_groups:
+                    group["lr"] = ts.lr * lr_factor(ts, epoch + b / max(len(batches), 1))
+                images = batch["image"]
+                outputs = model(images)
+                loss = stacked_loss(outputs, batch["heatmaps"], ts.loss, weights)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = teacher_heatmaps(teacher, images, outputs[-1].shape[-1])
+                    loss = ts.distill_weight * stacked_loss(outputs, soft, ts.loss, weights) + (1 - ts.distill_weight) * loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress.set_postfix(loss=f"{np.mean(losses[-20:]):.5f}")
+                    progress.update(1)
+                done += 1
+                out_of_time = ts.max_minutes is not None and time.monotonic() - started > 60 * ts.max_minutes
+                out_of_batches = ts.max_batches is not None and done >= ts.max_batches
+                if stop["flag"] or out_of_time or out_of_batches:
+                    save(epoch, b + 1)
+                    reason = "signal" if stop["flag"] else ("--max-minutes" if out_of_time else "--max-batches")
+                    log.info("stopped by %s at epoch %d batch %d; resume with the same command", reason, epoch, b + 1)
+                    return {"stopped": True, "reason": reason, "epoch": epoch, "out": str(out)}
+                if time.monotonic() - last_save > 60 * ts.checkpoint_minutes:
+                    save(epoch, b + 1)
+                    last_save = time.monotonic()
+            if progress is not None:
+                progress.close()
+            entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan,
+                                     "seconds": round(time.monotonic() - epoch_started, 1)}
+            if ts.val and ((epoch + 1) % ts.val_every == 0 or epoch + 1 == ts.epochs):
+                entry.update(_validate(model, ts.val))
+            history.append(entry)
+            log.info("epoch %d/%d %s", epoch + 1, ts.epochs,
+                     " ".join(f"{k}={v:.4f}" if isinstance(v, float) and k != "seconds" else f"{k}={v}" for k, v in entry.items() if k != "epoch"))
+            save(epoch + 1, 0)
+            last_save = time.monotonic()
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+    model.eval()
+    final = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss", "seconds")}
+    card = _card(spec, model, command, base_figures, init_figures, final, history)
+    path = save_qat(model, out / FINAL, card)
+    log.info("done: %s (quantizers %s); validation int8 (fake-quant) %s, float before QAT %s",
+             path, qat_path(path).name, json.dumps(final), json.dumps(base_figures))
+    if log_fn:
+        log_fn(f"export: fan-export --model {path} --target onnx,openvino,tflite --precision int8 --calib {spec.calib or ts.data[0]}")
+    return {"stopped": False, "out": str(out), "final": str(path), "figures": final, "base_figures": base_figures}
+
+
+def _card(spec: QATSpec, model: FAN, command: str, base: dict, init: dict, final: dict, history: list) -> dict[str, Any]:
+    from ..models.complexity import count_macs, count_parameters
+
+    ts = spec.train
+    try:
+        base_card = read_checkpoint(ts.model).card if Path(ts.model).is_file() else {}
+    except CheckpointError:
+        base_card = {}
+    return {
+        "description": f"quantization-aware trained (NNCF) from {ts.model}",
+        "recipe": command,
+        "parameters": count_parameters(float_copy(model)),
+        "macs": count_macs(float_copy(model), model.config.input_size),
+        "figures": final,
+        "data": {"train": ts.data, "validation": ts.val, "boxes": "ground-truth landmark boxes"},
+        "qat": {
+            "base": ts.model,
+            "base_description": base_card.get("description", ""),
+            "quantizers": qat_path(FINAL).name,
+            "spec": spec.to_dict(),
+            "validation_float_before": base,
+            "validation_int8_after_init": init,
+            "validation_int8_final": final,
+            "history": history,
+            "note": "figures are of the fake-quantized PyTorch model; fan-export --precision int8 measures each artifact",
+        },
+    }
+
+
+def _progress(total: int, first: int, epoch: int, epochs: int):
+    import os
+
+    from tqdm import tqdm
+
+    if os.environ.get("FAN_EDGE_NO_PROGRESS") == "1":
+        return None
+    return tqdm(total=total, initial=first, desc=f"qat epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+
+
+__all__ = [
+    "QATSpec", "load_qat", "qat_path", "quantize_for_training", "save_qat", "to_openvino", "to_qdq_onnx", "train_qat", "use_eager_kernels",
+]
