@@ -93,10 +93,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_bundle(args: argparse.Namespace) -> int:
     from .bench.zoo import bundle
 
-    path = bundle(args.checkpoint, args.name, args.data, default=args.default, description=args.description, notes=args.notes)
+    path = bundle(args.checkpoint, args.name, args.data, default=args.default, description=args.description, notes=args.notes,
+                  recipe=args.recipe)
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"bundled {args.name} -> {path}")
     print(json.dumps(card["figures"], indent=2))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import draw_faces, parse_boxes, predict_photo, write_image
+
+    boxes = parse_boxes(args.boxes) if args.boxes is not None else None
+    result, image = predict_photo(
+        args.image, args.model, boxes, backend=args.backend, device=args.device, threads=args.threads,
+        refine_passes=args.refine_passes, scan_size=args.scan_size, trust=args.trust,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    if args.out:
+        write_image(args.out, draw_faces(image, result.faces))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    faces = result.faces
+    found = "detected" if result.detected else "given"
+    print(f"{args.image}: {len(faces.boxes)} face(s) {found}; {result.artifact.name} on {result.backend} ({result.device})")
+    for i, box in enumerate(faces.boxes):
+        print(f"face {i}: box {', '.join(f'{v:.1f}' for v in box)}  mean point score {float(faces.scores[i].mean()):.3f}")
+    if args.out:
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -148,7 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default", action="store_true", help="make it the bundled default model")
     p.add_argument("--description", default="")
     p.add_argument("--notes", default="", help="anything the recipe alone does not say (e.g. a schedule changed mid-run)")
+    p.add_argument("--recipe", default="", help="the command(s) that reproduce it from scratch, when the checkpoint's own "
+                   "recipe is one stage of several (default: the training card's recipe)")
     p.set_defaults(handler=_cmd_bundle)
+
+    p = sub.add_parser("predict", help="68 landmarks of every face in a photo (faces detected unless --boxes), drawn with --out")
+    p.add_argument("image", help="a photo (.jpg, .png, ...; 8- or 16-bit, grey, RGB or RGBA)")
+    p.add_argument("--model", default="default", help="exported artifact (.onnx, .xml, .tflite), or a registry name or checkpoint "
+                   "(exported once to the cache, ~/.cache/fan-edge; default: the bundled default)")
+    p.add_argument("--trust", action="store_true", help="allow TorchScript archives, which run code on loading")
+    p.add_argument("--boxes", metavar="BOXES", help="face boxes 'x1,y1,x2,y2;x1,y1,x2,y2' in pixels, or a JSON file of them "
+                   "(default: detect faces with dlib's HOG detector)")
+    p.add_argument("--out", metavar="PNG", help="write the photo with boxes and landmarks drawn")
+    p.add_argument("--json", action="store_true", help="print boxes, points and scores as JSON")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "litert"))
+    p.add_argument("--device", default="auto", help="auto, cpu, gpu, npu, or a backend's own (cuda, tensorrt, qnn, coreml, gpu.1...)")
+    p.add_argument("--threads", type=int, help="intra-op threads of the backend (default: its own)")
+    p.add_argument("--refine-passes", type=int, metavar="N",
+                   help="re-box each face from its landmarks and predict again N times (default 1 for detected faces, 0 for --boxes)")
+    p.add_argument("--scan-size", type=int, metavar="PX",
+                   help="long side the photo is resized to for detection (default 720; raise it for small faces in big photos)")
+    p.set_defaults(handler=_cmd_predict)
     return parser
 
 
@@ -184,6 +229,20 @@ def _spec_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
         parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
 
 
+def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainSpec fields a training-like command's flags set (fan-train, fan-distill, fan-prune, fan-quantize --qat)."""
+    import dataclasses
+
+    from .train.spec import TrainSpec
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec) if hasattr(args, f.name)}
+
+
+def _training_exit(result: dict[str, Any]) -> int:
+    """A stop the user asked for (--max-minutes, --max-batches) is a success; a signal is not."""
+    return 130 if result.get("reason") == "signal" else 0
+
+
 def _train_parser(distill: bool) -> argparse.ArgumentParser:
     prog = "fan-distill" if distill else "fan-train"
     desc = (
@@ -197,14 +256,9 @@ def _train_parser(distill: bool) -> argparse.ArgumentParser:
     _spec_arguments(parser, distill)
 
     def handler(args: argparse.Namespace) -> int:
-        import dataclasses
-
         from .train import TrainSpec, train
 
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSpec) if hasattr(args, f.name)}
-        result = train(TrainSpec(**values), resume=not args.fresh)
-        # A stop the user asked for (--max-minutes, --max-batches) is a success; a signal is not.
-        return 130 if result.get("reason") == "signal" else 0
+        return _training_exit(train(TrainSpec(**_spec_values(args)), resume=not args.fresh))
 
     parser.set_defaults(handler=handler)
     return parser
@@ -216,6 +270,82 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def distill_main(argv: Sequence[str] | None = None) -> int:
     return _run(_train_parser(distill=True), argv)
+
+
+# fan-prune's fine-tuning defaults: the bundled default's own recipe (AdamW with weight decay keeps int8 export working).
+PRUNE_TRAIN_DEFAULTS = {"out": "runs/prune", "epochs": 30, "lr": 5e-4, "loss": "awing", "optimizer": "adamw",
+                        "weight_decay": 0.05, "rotation": 30.0, "scale_min": 0.85, "val_every": 5}
+
+
+def _prune_parser() -> argparse.ArgumentParser:
+    """``fan-prune``: structured pruning (channels via DepGraph, whole stacks), then distillation from the unpruned model."""
+    parser = argparse.ArgumentParser(
+        prog="fan-prune",
+        description="Physically remove channels (torch-pruning's DepGraph keeps FAN's coupled channels together) and/or "
+        "stacks, write OUT/pruned.safetensors, then fine-tune it against the unpruned model (OUT/final.safetensors). "
+        "The same command again resumes. See docs/compression.md.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--fresh", action="store_true", help="prune again and restart the fine-tuning, ignoring OUT's files")
+    parser.add_argument("--ratio", type=float, metavar="R", help="fraction of every coupled channel group to remove, in (0, 1)")
+    parser.add_argument("--stacks", type=int, metavar="K", help="keep only the first K stacks (the early exit)")
+    parser.add_argument("--group-ratio", action="append", default=[], metavar="GROUP=R",
+                        help="ratio of one group (stem, stem_blocks, trunk, head0...; 0 keeps it whole); repeatable")
+    parser.add_argument("--importance", choices=("l2", "l1"), default="l2", help="channel importance: group L2 or L1 norm (default l2)")
+    parser.add_argument("--round-to", type=int, metavar="N", help="round every group's width to a multiple of N")
+    parser.add_argument("--teacher", help="distillation teacher (default: the unpruned --model)")
+    _spec_arguments(parser, distill=False)
+    actions = {a.dest: a for a in parser._actions}
+    actions["model"].help = "model to prune: registry name or checkpoint (default: default); also the teacher"
+    actions["data"].required = False  # --epochs 0 prunes only
+    parser.set_defaults(**PRUNE_TRAIN_DEFAULTS)
+    for name, value in PRUNE_TRAIN_DEFAULTS.items():
+        actions[name].help = f"default: {value}"
+    if "init" in actions:  # a warm start would replace the pruned weights
+        actions["init"].help = argparse.SUPPRESS
+
+    def handler(args: argparse.Namespace) -> int:
+        from .errors import ConfigError
+        from .quantize.pruning.job import PruneSpec, command_line, run_prune
+        from .train import TrainSpec
+
+        if args.ratio is None and args.stacks is None and not args.group_ratio:
+            raise ConfigError("nothing to prune: give --ratio R, --stacks K or both")
+        if getattr(args, "init", None):
+            raise ConfigError("--init would replace the pruned weights; fan-prune fine-tunes the pruned model itself")
+        ratios: dict[str, float] = {}
+        for item in args.group_ratio:
+            name, sep, value = item.partition("=")
+            try:
+                ratios[name.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep:
+                raise ConfigError(f"--group-ratio takes GROUP=R (e.g. trunk=0.3), got {item!r}")
+        if ratios and args.ratio is None:
+            raise ConfigError("--group-ratio refines --ratio: give --ratio too (the other groups' ratio)")
+        spec = PruneSpec(model=args.model, ratio=args.ratio, stacks=args.stacks, ratios=ratios, importance=args.importance,
+                         round_to=args.round_to, teacher=args.teacher)
+        values = _spec_values(args)
+        values["data"] = values["data"] or []
+        argv = sys.argv[1:] if args.argv is None else args.argv
+        result = run_prune(spec, TrainSpec(**values), fresh=args.fresh, command=command_line(list(argv)),
+                           log=lambda msg: print(msg, file=sys.stderr))
+        return _training_exit(result)
+
+    parser.set_defaults(handler=handler, argv=None)
+    return parser
+
+
+def _run_recording_argv(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Run a command whose card records its own command line (the argv given, else sys.argv)."""
+    if argv is not None:
+        parser.set_defaults(argv=list(argv))
+    return _run(parser, argv)
+
+
+def prune_main(argv: Sequence[str] | None = None) -> int:
+    return _run_recording_argv(_prune_parser(), argv)
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -243,6 +373,9 @@ def _export_parser() -> argparse.ArgumentParser:
     verify.add_argument("--verify", metavar="DIR", help="faces for the parity check (default: --calib, else ../shared/data/300w/afw)")
     verify.add_argument("--no-verify", action="store_true", help="skip the parity check")
     parser.add_argument("--verify-faces", type=int, default=64, metavar="N", help="faces for the parity check, spread over the folder (default 64)")
+    parser.add_argument("--int8-float", action="append", metavar="LAYER",
+                        help="int8: keep this layer (PyTorch module name or regex, e.g. conv_last1) float instead of the "
+                        "recipe's choice; repeatable (fan-quantize --sensitivity recommends them)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
 
     def handler(args: argparse.Namespace) -> int:
@@ -261,6 +394,7 @@ def _export_parser() -> argparse.ArgumentParser:
             verify_faces=args.verify_faces,
             trust=args.trust,
             log=None if args.json else (lambda msg: print(msg, file=sys.stderr)),
+            int8_float=args.int8_float,
         )
         if args.json:
             print(results_json(results))
@@ -280,6 +414,298 @@ def _export_parser() -> argparse.ArgumentParser:
 
 def export_main(argv: Sequence[str] | None = None) -> int:
     return _run(_export_parser(), argv)
+
+
+def _profile_parser() -> argparse.ArgumentParser:
+    """``fan-profile``: one fan-bench row measured on an Android device (adb) or a Linux edge box (ssh)."""
+    parser = argparse.ArgumentParser(
+        prog="fan-profile",
+        description="Latency of an exported artifact on a real device, as a fan-bench row (docs/profile.md). "
+        "Exit 0 when timed, 1 when the artifact failed there, 3 when the device asked for is absent there.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(metavar="{adb,ssh}")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the runtime's own)")
+        p.add_argument("--runs", type=int, default=100, metavar="N", help="timed runs (default 100)")
+        p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed runs first (default 10)")
+        p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="limit for each step in seconds (default 600)")
+        out = p.add_mutually_exclusive_group()
+        out.add_argument("--json", action="store_true", help='print {"rows": [ROW]} as fan-bench --json does')
+        out.add_argument("--csv", action="store_true", help="print a header line and the row (fan-bench's columns first)")
+
+    p = sub.add_parser("adb", help="an Android device over adb, timed by LiteRT's benchmark_model")
+    p.add_argument("artifact", help=".tflite exported by fan-export (its .json sidecar, if present, names the row)")
+    p.add_argument("--benchmark-binary", required=True, metavar="PATH",
+                   help="benchmark_model built for the device (e.g. LiteRT's android_arm64 benchmark_model); pushed with the model")
+    p.add_argument("--serial", help="device serial (required when several are attached; see adb devices)")
+    p.add_argument("--xnnpack", action=argparse.BooleanOptionalAction, default=None,
+                   help="force the XNNPACK CPU delegate on or off (default: the tool's own choice)")
+    p.add_argument("--gpu", action="store_true", help="GPU delegate (--use_gpu=true)")
+    p.add_argument("--nnapi", action="store_true", help="NNAPI delegate (--use_nnapi=true)")
+    p.add_argument("--op-profiling", action="store_true", help="--enable_op_profiling=true (per-op table in --log; slows every run)")
+    p.add_argument("--no-peak-memory", action="store_true", help="do not pass --report_peak_memory_footprint=true")
+    p.add_argument("--benchmark-arg", action="append", default=[], metavar="FLAG", help="extra benchmark_model flag, e.g. --benchmark-arg=--use_npu=true (repeatable)")
+    p.add_argument("--taskset", metavar="MASK", help="pin benchmark_model to these cores (device taskset mask, e.g. f0)")
+    p.add_argument("--adb", default="adb", metavar="PATH", help="adb executable (default: adb on PATH)")
+    p.add_argument("--remote-dir", default="/data/local/tmp", help="device folder for the pushed files (default /data/local/tmp)")
+    p.add_argument("--keep", action="store_true", help="leave the pushed binary and model on the device")
+    p.add_argument("--log", metavar="FILE", help="save benchmark_model's full output here")
+    common(p)
+
+    def adb_handler(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from .bench.profile import AdbOptions, profile_adb
+
+        options = AdbOptions(serial=args.serial, threads=args.threads, xnnpack=args.xnnpack, gpu=args.gpu, nnapi=args.nnapi,
+                             runs=args.runs, warmup=args.warmup, peak_memory=not args.no_peak_memory, op_profiling=args.op_profiling,
+                             extra_args=tuple(args.benchmark_arg), taskset=args.taskset, remote_dir=args.remote_dir, adb=args.adb, timeout_s=args.timeout,
+                             keep=args.keep, log=Path(args.log) if args.log else None)
+        return _print_profile(profile_adb(args.artifact, args.benchmark_binary, options), args)
+
+    p.set_defaults(handler=adb_handler)
+
+    p = sub.add_parser("ssh", help="a Linux edge box over ssh, timed there by python -m fan_edge.runtime.bench")
+    p.add_argument("artifact", help=".onnx, .xml (with its .bin) or .tflite exported by fan-export; copied with its .json sidecar")
+    p.add_argument("--host", required=True, help="[user@]host, or a Host alias of your ssh config")
+    p.add_argument("--port", type=int, help="ssh port (default: ssh's own, i.e. 22 or your config)")
+    p.add_argument("--user", help="remote user (default: from --host, your ssh config, or your login)")
+    p.add_argument("--identity", metavar="KEY", help="private key file (ssh -i)")
+    p.add_argument("--ssh-config", metavar="FILE", help="ssh config file (ssh -F; default ~/.ssh/config)")
+    p.add_argument("-o", "--ssh-option", action="append", default=[], metavar="KEY=VALUE", help="extra ssh/scp option (repeatable)")
+    p.add_argument("--connect-timeout", type=int, default=10, metavar="S", help="ssh ConnectTimeout (default 10)")
+    p.add_argument("--python", default="python3", help="remote interpreter with fan-edge installed (default python3; a shell word, e.g. ~/venv/bin/python)")
+    p.add_argument("--backend", default="auto", help="auto (by suffix), onnxruntime, openvino or litert")
+    p.add_argument("--device", default="auto", help="auto or cpu, gpu, npu (as the remote runtime names them)")
+    common(p)
+
+    def ssh_handler(args: argparse.Namespace) -> int:
+        from .bench.profile import SshOptions, profile_ssh
+
+        options = SshOptions(host=args.host, port=args.port, user=args.user, identity=args.identity, ssh_config=args.ssh_config,
+                             ssh_options=tuple(args.ssh_option), python=args.python, backend=args.backend, device=args.device,
+                             threads=args.threads, runs=args.runs, warmup=args.warmup, connect_timeout_s=args.connect_timeout,
+                             timeout_s=args.timeout)
+        return _print_profile(profile_ssh(args.artifact, options), args)
+
+    p.set_defaults(handler=ssh_handler)
+    return parser
+
+
+def _print_profile(row: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print one fan-profile row as asked; the exit status follows fan_edge.runtime.bench (0 timed, 1 failed, 3 device absent)."""
+    from .bench.profile import ordered_row
+    from .bench.profile.output import format_row
+    from .runtime.bench import STATUS_DEVICE_ABSENT, STATUS_PASSED
+
+    row = ordered_row(row)
+    print(format_row(row, "json" if args.json else "csv" if args.csv else "table"))
+    return 0 if row["status"] == STATUS_PASSED else 3 if row["status"] == STATUS_DEVICE_ABSENT else 1
+
+
+def profile_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_profile_parser(), argv)
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    """``fan-bench``: accuracy against latency for models x targets x precisions, or existing artifacts."""
+    from .bench.targets import DEFAULT_TARGETS
+
+    parser = argparse.ArgumentParser(
+        prog="fan-bench",
+        description="Export as needed, then measure every model x target (or --artifact): status, size, NME, AUC@7, FR@7, "
+        "latency p50/p90 (batch 1, fixed threads, a fresh process per row), FPS, speed-up against PyTorch eager fp32, peak memory. "
+        "Exit 1 when a row failed. See docs/bench.md.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--model", action="append", metavar="NAME", help="registry name or checkpoint; repeatable or a comma list "
+                        "(default: default, unless only --artifact is given)")
+    parser.add_argument("--trust", action="store_true", help="allow TorchScript archives, which run code on loading")
+    parser.add_argument("--targets", action="append", metavar="SPEC",
+                        help=f"runtime:precision[@device] comma list (runtimes torch, onnxruntime, openvino, litert; "
+                        f"precisions fp32, fp16, int8; devices cpu, gpu, npu); default {DEFAULT_TARGETS}")
+    parser.add_argument("--artifact", action="append", default=[], metavar="PATH", help="an exported artifact to bench as it is; repeatable")
+    parser.add_argument("--data", metavar="DIR", help="faces with .pts to score every row on (without it: latency only)")
+    parser.add_argument("--faces", type=int, metavar="N", help="score N faces spread over --data (default: all)")
+    parser.add_argument("--calib", metavar="DIR", help="int8 calibration faces (default: ../shared/data/300w/helen_train beside the "
+                        "checkout if present, else --data)")
+    parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="faces used for int8 calibration (default 128)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime (default 2)")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per row (default 100)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    parser.add_argument("--out", default="fan-bench-artifacts", metavar="DIR", help="where artifacts are exported and reused (default ./fan-bench-artifacts)")
+    parser.add_argument("--fresh", action="store_true", help="re-export even when --out holds the same export")
+    parser.add_argument("--no-verify-export", action="store_true", help="skip the exporter's own parity check (the benchmark still scores every row)")
+    parser.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="limit per timing process (default 1800 s)")
+    parser.add_argument("--json", nargs="?", const="-", metavar="PATH", help="JSON {\"rows\": [...]} on stdout instead of the table, or to PATH")
+    parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
+    parser.add_argument("--plot", metavar="PNG", help="also write the Pareto plot (NME against latency, log scale)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+
+    def handler(args: argparse.Namespace) -> int:
+        import os
+        from pathlib import Path
+
+        from .bench.pareto import plot_pareto
+        from .bench.report import format_table, to_json, write_csv, write_json
+        from .bench.runner import BenchOptions, default_calib_dir, run_bench
+        from .bench.targets import parse_targets
+        from .bench.zoo import cpu_name
+        from .runtime.bench import STATUS_FAILED
+
+        models = [m.strip() for text in (args.model or []) for m in text.split(",") if m.strip()]
+        if not models and not args.artifact:
+            models = ["default"]
+        data = Path(args.data) if args.data else None
+        calib = Path(args.calib) if args.calib else (default_calib_dir() or data)
+        options = BenchOptions(
+            models=models, targets=parse_targets(args.targets or [DEFAULT_TARGETS]), artifacts=list(args.artifact),
+            data=data, calib=calib, calib_faces=args.calib_faces, faces=args.faces, threads=args.threads, runs=args.runs,
+            warmup=args.warmup, out=Path(args.out), verify_export=not args.no_verify_export, fresh=args.fresh, trust=args.trust,
+            timeout_s=args.timeout,
+        )
+        load_before = os.getloadavg()
+        rows = run_bench(options, log=lambda msg: print(msg, file=sys.stderr))
+        settings = {
+            "data": str(data) if data else None, "faces": args.faces, "calib": str(calib) if calib else None, "threads": args.threads,
+            "runs": args.runs, "warmup": args.warmup, "batch": 1, "cpu": cpu_name(), "cpus": os.cpu_count(),
+            "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        }
+        if args.csv:
+            write_csv(args.csv, rows)
+        if args.plot:
+            plot_pareto(rows, args.plot)
+        if args.json == "-":
+            print(to_json(rows, settings))
+        else:
+            if args.json:
+                write_json(args.json, rows, settings)
+            print(format_table(rows, markdown=args.markdown))
+            print(f"\n{settings['cpu']}, threads {args.threads}, batch 1, {args.runs} runs after {args.warmup}; "
+                  f"load average {settings['loadavg_1min_before_after'][0]} -> {settings['loadavg_1min_before_after'][1]}")
+        return 1 if any(r["status"] == STATUS_FAILED for r in rows) else 0
+
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    return _run(_bench_parser(), argv)
+
+
+# fan-quantize --qat fine-tuning defaults: a short, gentle schedule from a converged model (AdamW, the zoo recipe's
+# augmentation), distilled from the float model itself.
+QAT_TRAIN_DEFAULTS = {"epochs": 4, "lr": 2e-5, "loss": "awing", "optimizer": "adamw", "weight_decay": 0.0, "warmup_epochs": 0.2,
+                      "rotation": 30.0, "scale_min": 0.85, "val_every": 1}
+
+
+def _quantize_parser() -> argparse.ArgumentParser:
+    """``fan-quantize``: the per-layer int8 sensitivity report, or quantization-aware training (NNCF)."""
+    parser = argparse.ArgumentParser(
+        prog="fan-quantize",
+        description="--sensitivity: rank the model's layers by the ΔNME their int8 alone causes (simulated), write "
+        "OUT/sensitivity.json and .md, recommend the layers to keep float. --qat: quantization-aware training with NNCF "
+        "into OUT (resumable: the same command continues); export the result with fan-export --precision int8. "
+        "--report: the compression table (float, PTQ, QAT, pruned, pruned+QAT) from fan-bench JSON rows. "
+        "See docs/quantization.md.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--sensitivity", action="store_true", help="per-layer sensitivity report (--data: faces to score on)")
+    mode.add_argument("--qat", action="store_true", help="quantization-aware training (--data: training faces)")
+    mode.add_argument("--report", action="store_true", help="compression report from fan-bench JSON rows (--bench, --float, "
+                      "--qat-model, --pruned, --pruned-qat)")
+    parser.add_argument("--bench", action="append", default=[], metavar="JSON", help="--report: fan-bench JSON file; repeatable")
+    parser.add_argument("--float", dest="float_model", metavar="MODEL", help="--report: the float model as the rows name it")
+    parser.add_argument("--qat-model", metavar="MODEL", help="--report: its quantization-aware-trained checkpoint")
+    parser.add_argument("--pruned", metavar="MODEL", help="--report: a pruned checkpoint")
+    parser.add_argument("--pruned-qat", metavar="MODEL", help="--report: the pruned checkpoint after QAT")
+    parser.add_argument("--fresh", action="store_true", help="--qat: start over, ignoring OUT/last.ckpt")
+    parser.add_argument("--calib", metavar="DIR", help="calibration faces (default: the first --data folder)")
+    parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="calibration faces, chosen to cover pose and lighting (default 128)")
+    parser.add_argument("--keep-float", action="append", default=[], metavar="LAYER",
+                        help="--qat: keep this layer (module name or regex) float; repeatable (default: none)")
+    parser.add_argument("--teacher", default="self", help="--qat: distillation teacher: 'self' (the float --model, default), "
+                        "a registry name or checkpoint, or 'none'")
+    parser.add_argument("--faces", type=int, default=64, metavar="N",
+                        help="--sensitivity: faces scored, spread over --data (default 64; 0: all of them)")
+    parser.add_argument("--scheme", choices=("full", "conv"), default="full",
+                        help="--sensitivity: what is quantized: full (convolutions and the residual stream, as TFLite) or conv "
+                        "(convolutions only, as ONNX Runtime)")
+    parser.add_argument("--budget", type=float, default=0.05, metavar="PP", help="--sensitivity: |ΔNME| the recommendation must reach (default 0.05)")
+    parser.add_argument("--estimator", choices=("mean", "minmax"), default="mean",
+                        help="--sensitivity: activation ranges: mean of per-face extremes (the export recipe) or global min/max")
+    _spec_arguments(parser, distill=False)
+    actions = {a.dest: a for a in parser._actions}
+    actions["out"].default = None
+    actions["out"].help = "output folder (default runs/qat, runs/sensitivity or runs/compression)"
+    actions["data"].required = False  # --sensitivity and --qat check it; --report reads no faces
+    parser.set_defaults(**QAT_TRAIN_DEFAULTS)
+    for name, value in QAT_TRAIN_DEFAULTS.items():
+        actions[name].help = f"--qat, default: {value}"
+
+    def handler(args: argparse.Namespace) -> int:
+        import shlex
+        from pathlib import Path
+
+        from .atomic import write_text_atomic
+        from .calibration import FaceCrops, calibration_faces
+        from .errors import ConfigError
+        from .models import create_model
+
+        if args.report:
+            from .quantize.report import compression_rows, format_markdown, read_bench_rows
+
+            models = {k: v for k, v in {"float": args.float_model, "qat": args.qat_model, "pruned": args.pruned,
+                                        "pruned+qat": args.pruned_qat}.items() if v}
+            if not args.bench or "float" not in models:
+                raise ConfigError("--report needs --bench JSON (fan-bench rows) and --float MODEL")
+            report = compression_rows(read_bench_rows(args.bench), models)
+            out = Path(args.out or "runs/compression")
+            write_text_atomic(out / "compression.json", json.dumps({"models": models, "rows": report}, indent=2) + "\n")
+            write_text_atomic(out / "compression.md", format_markdown(report))
+            print(format_markdown(report))
+            print(f"wrote {out / 'compression.json'} and {out / 'compression.md'}")
+            return 0
+        if not args.data:
+            raise ConfigError("--data DIR is required (faces to score on with --sensitivity, training faces with --qat)")
+
+        if args.sensitivity:
+            from .quantize.sensitivity import measure_sensitivity
+
+            out = Path(args.out or "runs/sensitivity")
+            model = create_model(args.model).eval()
+            cfg = model.config
+            calib = calibration_faces(args.calib or args.data[0], cfg.input_size, cfg.crop, args.calib_faces)
+            faces = FaceCrops(args.data[0], cfg.input_size, cfg.crop, count=args.faces or None, seed=1)
+            report = measure_sensitivity(model, calib, faces, name=str(args.model), scheme=args.scheme, estimator=args.estimator,
+                                         budget=args.budget, log=lambda msg: print(msg, file=sys.stderr))
+            write_text_atomic(out / "sensitivity.json", report.to_json())
+            write_text_atomic(out / "sensitivity.md", report.to_markdown(top=len(report.layers)))
+            print(report.to_markdown())
+            print(f"wrote {out / 'sensitivity.json'} and {out / 'sensitivity.md'} ({report.seconds:.0f} s)")
+            return 0
+
+        from .quantize.qat import QATSpec, train_qat
+        from .train import TrainSpec
+
+        values = _spec_values(args)
+        values["out"] = args.out or "runs/qat"
+        values["teacher"] = None if args.teacher == "none" else (args.model if args.teacher == "self" else args.teacher)
+        spec = QATSpec(TrainSpec(**values), calib=args.calib, calib_faces=args.calib_faces, keep_float=list(args.keep_float))
+        argv = sys.argv[1:] if args.argv is None else args.argv
+        result = train_qat(spec, resume=not args.fresh, command=" ".join(shlex.quote(a) for a in ["fan-quantize", *argv]),
+                           log_fn=lambda msg: print(msg, file=sys.stderr))
+        return _training_exit(result)
+
+    parser.set_defaults(handler=handler, argv=None)
+    return parser
+
+
+def quantize_main(argv: Sequence[str] | None = None) -> int:
+    return _run_recording_argv(_quantize_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -32,3 +32,11 @@ class BackendError(FanEdgeError):
 
 class ExportError(FanEdgeError):
     """An export that cannot be done as asked (target, precision, outputs, calibration, verification)."""
+
+
+class ProfileError(FanEdgeError):
+    """An on-device profile that cannot run: adb or ssh missing, no or several devices, a remote step failing, unreadable timings."""
+
+
+class BenchError(FanEdgeError):
+    """A benchmark that cannot be run as asked (targets, artifacts, options)."""
