@@ -53,7 +53,6 @@ from ..runtime.bench import (
 )
 from .targets import TORCH, BenchTarget
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # Calibration faces when --calib is not given: the training split beside the checkout (never the evaluated faces).
 DEFAULT_CALIB = ("..", "shared", "data", "300w", "helen_train")
 CACHE_MANIFEST = "fan-bench-cache.json"
@@ -84,11 +83,9 @@ class BenchOptions:
 
 
 def default_calib_dir() -> Path | None:
-    for base in (REPO_ROOT, Path.cwd()):
-        candidate = base.joinpath(*DEFAULT_CALIB).resolve()
-        if candidate.is_dir():
-            return candidate
-    return None
+    from ..export.exporter import shared_folder
+
+    return shared_folder(DEFAULT_CALIB)
 
 
 # ---- rows ----------------------------------------------------------------------------------------

@@ -177,12 +177,17 @@ def default_output(name: str, target: Target, precision: str, outputs: str, fold
     return (folder or Path.cwd()) / f"{stem}{target.suffix}"
 
 
-def default_verify_dir() -> Path | None:
+def shared_folder(parts: tuple[str, ...]) -> Path | None:
+    """A folder of ``../shared`` beside the checkout (or the working directory), when present."""
     for base in (REPO_ROOT, Path.cwd()):
-        candidate = base.joinpath(*DEFAULT_VERIFY).resolve()
+        candidate = base.joinpath(*parts).resolve()
         if candidate.is_dir():
             return candidate
     return None
+
+
+def default_verify_dir() -> Path | None:
+    return shared_folder(DEFAULT_VERIFY)
 
 
 def _outputs_for(output: str | Path | None, combos: list[tuple[Target, str]], name: str, outputs: str) -> list[Path]:
