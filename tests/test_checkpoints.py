@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -515,3 +516,250 @@ def test_pickle_payload_is_refused(tmp_path, how, cls, nest):
     with pytest.raises(CheckpointError):
         read_checkpoint(path)
     assert not marker.exists(), "the pickle's payload ran"
+
+
+# --- 8. every other loader: resumes, warm starts, teachers, QAT quantizers ------------------------------------
+
+
+def _payload_file(path, marker):
+    """A torch.save'd dict that a plain unpickler would run: os.system('touch MARKER')."""
+    torch.save({"model": {"conv1.weight": torch.zeros(1)}, "epoch": _ShellPayload(marker)}, path)
+    return path
+
+
+def _registered_side_effect(marker: str) -> int:
+    """Stands for a class or function some library registered as a torch safe global, with a side effect."""
+    Path(marker).touch()
+    return 0
+
+
+class _RegisteredPayload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_registered_side_effect, (self.marker,))
+
+
+def test_process_wide_safe_globals_do_not_widen_the_reader(tmp_path):
+    """Libraries register globals with torch.serialization.add_safe_globals (importing torchao adds dozens, DTensor
+    and DeviceMesh among them); a checkpoint is still read with torch's own allowlist, so none of them is callable."""
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"x": _RegisteredPayload(marker)}}, path)
+    registered = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals([_registered_side_effect])
+    try:
+        torch.load(path, weights_only=True)  # the premise: once registered, torch alone calls it
+        assert marker.exists()
+        marker.unlink()
+        with pytest.raises(CheckpointError) as excinfo:
+            read_checkpoint(path)
+        one_line_error(excinfo)
+        assert not marker.exists(), "a process-wide safe global was called while reading a checkpoint"
+        assert _registered_side_effect in torch.serialization.get_safe_globals(), "the registry was not restored"
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(registered)
+
+
+def test_zero_stride_tensors_cannot_declare_a_huge_network(tmp_path):
+    """A 2 kB file whose tensors are expanded views claims width 65536: refused before a network is allocated."""
+    big = torch.zeros(1, 1, 1, 1).expand(65536, 65536, 1, 1)
+    state = {"m0.b1_4.bn1.weight": torch.zeros(1), "conv_last0.weight": big, "l0.weight": big[:68]}
+    path = tmp_path / "tiny-but-huge.pth"
+    torch.save(state, path)
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(CheckpointError, match="declares a FAN of") as excinfo:
+        create_model(path)
+    one_line_error(excinfo)
+
+
+def test_safetensors_config_must_fit_its_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from fan_edge.models.checkpoints import CONFIG_METADATA_KEY
+
+    cases = ((FANConfig(stacks=1, width=4096), "declares a FAN of"), (FANConfig(stacks=1, width=32), "does not fit"))
+    for config, message in cases:
+        path = tmp_path / f"liar{config.width}.safetensors"
+        save_file({"conv1.weight": torch.zeros(2, 3, 7, 7)}, str(path), metadata={CONFIG_METADATA_KEY: config.to_json()})
+        with pytest.raises(CheckpointError, match=message) as excinfo:
+            create_model(path)
+        one_line_error(excinfo)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {1: torch.zeros(1)},
+        {"conv1.weight": torch.zeros(2, dtype=torch.complex64)},
+        {"conv1.weight": torch.zeros(3, 3).to_sparse()},
+        {"conv1.weight": torch.quantize_per_tensor(torch.zeros(2), 0.1, 0, torch.qint8)},
+    ],
+    ids=["int-key", "complex", "sparse", "quantized"],
+)
+def test_only_plain_tensors_under_string_keys(tmp_path, state):
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="not a state dict of tensors") as excinfo:
+        read_checkpoint(path)
+    one_line_error(excinfo)
+
+
+def _train_spec(tmp_path, **changes):
+    from fan_edge.train import TrainSpec
+
+    values = dict(model="fan1-w32-i128", data=[str(tmp_path / "no-faces")], out=str(tmp_path / "run"), device="cpu", epochs=1)
+    values.update(changes)
+    return TrainSpec(**values)
+
+
+@pytest.mark.parametrize("kind", ["payload", "truncated", "foreign", "wrong-type"])
+def test_training_resume_refuses_bad_last_ckpt(tmp_path, kind, monkeypatch):
+    """fan-train resumes from OUT/last.ckpt: a payload is refused unrun, damage is one line, never a KeyError."""
+    from fan_edge.train import train
+    from fan_edge.train.trainer import LAST
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "PWNED"
+    spec = _train_spec(tmp_path)
+    last = Path(spec.out) / LAST
+    last.parent.mkdir(parents=True)
+    if kind == "payload":
+        _payload_file(last, marker)
+    elif kind == "truncated":
+        torch.save({"model": create_model("fan1-w32-i128").state_dict(), "epoch": 1}, last)
+        last.write_bytes(last.read_bytes()[:5000])
+    elif kind == "foreign":
+        torch.save(create_model("fan1-w32-i128").state_dict(), last)  # a plain state dict: no epoch, spec, optimizer
+    else:
+        entries = {"model": {}, "optimizer": {}, "epoch": "3", "batch": 0, "best": {}, "history": [], "spec": {}, "config": {}}
+        torch.save(entries, last)
+    with pytest.raises(CheckpointError) as excinfo:
+        train(spec)
+    message = one_line_error(excinfo)
+    assert str(last) in message
+    assert not marker.exists(), "the pickle's payload ran"
+
+
+def test_warm_start_and_distillation_teacher_refuse_payloads(tmp_path, capsys):
+    """--init and fan-distill --teacher read checkpoints like every other loader: refused unrun, one line at the CLI."""
+    from fan_edge.cli import distill_main, train_main
+
+    marker = tmp_path / "PWNED"
+    evil = _payload_file(tmp_path / "2DFAN4-11f355bf06.pth.tar", marker)
+    common = ["--data", str(tmp_path / "no-faces"), "--model", "fan1-w32-i128", "--device", "cpu", "--epochs", "1"]
+    assert distill_main([*common, "--teacher", str(evil), "--out", str(tmp_path / "distill")]) == 2
+    assert train_main([*common, "--init", str(evil), "--out", str(tmp_path / "warm")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 2 and all("refused to load" in line and str(evil) in line for line in errors), errors
+    assert not marker.exists(), "the pickle's payload ran"
+
+
+def test_qat_resume_refuses_a_payload(tmp_path, monkeypatch):
+    from fan_edge.quantize.qat import LAST, QATSpec, train_qat
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "PWNED"
+    spec = QATSpec(train=_train_spec(tmp_path))
+    Path(spec.train.out).mkdir(parents=True)
+    _payload_file(Path(spec.train.out) / LAST, marker)
+    with pytest.raises(CheckpointError) as excinfo:
+        train_qat(spec)
+    one_line_error(excinfo)
+    assert not marker.exists(), "the pickle's payload ran"
+
+
+# One command as NNCF 3.4's get_config writes it for fan-quantize --qat (a per-channel weight quantizer).
+_QUANTIZER = {
+    "hook_names_in_model": ["pre_hooks.conv1/conv2d/0__1.0"],
+    "module_path": "nncf.torch.quantization.layers",
+    "module_cls_name": "SymmetricQuantizer",
+    "module_config": {"num_bits": 8, "mode": "symmetric", "signedness_to_force": True, "narrow_range": True, "half_range": False,
+                      "scale_shape": [8, 1, 1, 1], "logarithm_scale": False, "is_quantized_on_export": False},
+}
+
+
+def _command(**changes):
+    import copy
+
+    command = copy.deepcopy(_QUANTIZER)
+    for key, value in changes.items():
+        if key in command["module_config"]:
+            command["module_config"][key] = value
+        else:
+            command[key] = value
+    return {"compression_state": [command]}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        _command(module_path="os", module_cls_name="system"),
+        _command(module_path="nncf.common.utils.os_utils", module_cls_name="SymmetricQuantizer"),
+        _command(module_cls_name="BaseQuantizer"),
+        _command(scale_shape=[100000, 100000, 1, 1]),
+        _command(num_bits=True),
+        _command(mode="exotic"),
+        _command(hook_names_in_model="pre_hooks.conv1"),
+        {"compression_state": [{**_QUANTIZER, "extra": 1}]},
+        {"compression_state": "all"},
+        [],
+    ],
+    ids=["os.system", "other-nncf-module", "other-class", "huge-scales", "bool-bits", "mode", "hooks-not-list", "extra-field",
+         "not-a-list", "not-a-dict"],
+)
+def test_nncf_configs_are_checked_before_nncf_sees_them(config):
+    from fan_edge.quantize.qat import check_nncf_config
+
+    with pytest.raises(CheckpointError) as excinfo:
+        check_nncf_config(config, "model.qat.safetensors")
+    one_line_error(excinfo)
+
+
+def test_nncf_config_as_written_is_accepted():
+    from fan_edge.quantize.qat import check_nncf_config
+
+    config = {"compression_state": [_QUANTIZER, {**_QUANTIZER, "module_cls_name": "AsymmetricQuantizer"}]}
+    assert check_nncf_config(config, "x") is config
+
+
+@pytest.mark.parametrize("kind", ["payload-config", "corrupt", "not-json", "foreign-tensors"])
+def test_load_qat_refuses_bad_quantizer_files(small_reference, tmp_path, kind):
+    import json
+
+    from safetensors.torch import save_file
+
+    from fan_edge.quantize.qat import CONFIG_KEY, load_qat, qat_path
+
+    model, _, _ = small_reference
+    ckpt = save_checkpoint(model, tmp_path / "qat.safetensors")
+    quantizers = qat_path(ckpt)
+    hooks = {"__nncf_hooks.pre_hooks.conv1/conv2d/0__1.0._scale_param_storage": torch.ones(8, 1, 1, 1)}
+    if kind == "payload-config":
+        save_file(hooks, str(quantizers), metadata={CONFIG_KEY: json.dumps(_command(module_path="os", module_cls_name="system"))})
+    elif kind == "corrupt":
+        save_file(hooks, str(quantizers), metadata={CONFIG_KEY: json.dumps(_command())})
+        quantizers.write_bytes(quantizers.read_bytes()[:40])
+    elif kind == "not-json":
+        save_file(hooks, str(quantizers), metadata={CONFIG_KEY: "{" * 100000})
+    else:
+        save_file({"conv1.weight": torch.zeros(1)}, str(quantizers), metadata={CONFIG_KEY: json.dumps(_command())})
+    with pytest.raises(CheckpointError) as excinfo:
+        load_qat(ckpt)
+    one_line_error(excinfo)
+
+
+def test_weights_keep_their_own_crop_and_refinement(tmp_path):
+    """``create_model(name, weights=ckpt)``: the checkpoint's crop and refinement are how it was trained; the
+    name's defaults would shift every landmark, so they must not win."""
+    from fan_edge.runtime.crop import CropSpec
+
+    trained = FAN(FANConfig(stacks=1, width=32, input_size=64, crop=CropSpec(reference_scale=280.0, center_shift=0.0),
+                            refine="gaussian"))
+    path = tmp_path / "trained.safetensors"
+    save_checkpoint(trained, path)
+    model = create_model("fan1-w32-i64", weights=path)
+    assert model.config.crop == trained.config.crop and model.config.refine == "gaussian"
+    assert create_model("fan1-w32-i64", weights=False).config.crop != trained.config.crop

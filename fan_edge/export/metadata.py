@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from .. import __version__
-from ..runtime.contract import MAX_CARD_BYTES, OUTPUT_ROLES, ModelContract
+from ..runtime.contract import MAX_CARD_BYTES, MAX_DEPTH, OUTPUT_ROLES, ModelContract, json_depth
 from ..runtime.scheme import MIRROR_PAIRS
 
 INPUT_NAME = "input"
@@ -15,17 +16,29 @@ HEATMAPS_NAME = "heatmaps"
 
 
 def plain_card(card: Any) -> dict[str, Any]:
-    """A model card reduced to plain, bounded JSON (a card too large keeps its scalar fields only)."""
+    """A model card reduced to plain, bounded JSON that the contract accepts.
+
+    The card comes from the checkpoint's ``.json`` (anyone's file): one that is
+    too large, too deep, or not plain JSON (NaN, odd types) keeps its short
+    scalar fields only, so that an odd card never stops an export.
+    """
     if not isinstance(card, dict):
         return {}
     try:
         text = json.dumps(card, default=str, allow_nan=False)
-    except ValueError:
-        text = json.dumps({k: v for k, v in card.items() if isinstance(v, (str, int, bool))}, default=str)
-    data = json.loads(text)
-    if len(text) > MAX_CARD_BYTES:
-        data = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool)) and len(str(v)) < 1000}
-    return data
+        if len(text) <= MAX_CARD_BYTES and json_depth(card) < MAX_DEPTH:
+            return json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        pass
+    return {str(k): v for k, v in card.items() if _short_scalar(v)}
+
+
+def _short_scalar(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return abs(value) < 10**18
+    return isinstance(value, str) and len(value) < 1000
 
 
 def build_contract(model: Any, *, model_name: str, card: dict[str, Any], target: str, precision: str, outputs: str) -> ModelContract:

@@ -8,14 +8,28 @@ Formats, told apart by content rather than by name:
   loaded with ``weights_only=True`` so that no pickled code can run.
 - a TorchScript archive (face-alignment 1.4's ``.zip``). Loading one runs the
   code inside it, so it needs ``trust=True``.
+
+Every file is untrusted: pickles are read with torch's own allowlist only
+(classes that other libraries registered process-wide, e.g. torchao's tensor
+subclasses, are not admitted), the tensors must be plain tensors under string
+keys, and the architecture a file declares or implies must fit the tensors it
+holds and stay below :data:`MAX_PARAMETERS` before any network is built (a
+small file must not make fan-edge allocate gigabytes). Resumable training
+states (``last.ckpt``) go through :func:`read_training_state`, which adds
+checks of the entries a resume needs. Any problem is a one-line
+:class:`~fan_edge.errors.CheckpointError`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
+import threading
 import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +43,11 @@ from ..errors import CheckpointError, ConfigError
 from .config import FANConfig
 
 CONFIG_METADATA_KEY = "fan_edge_config"
+# 2DFAN-4 has 23.8M; a file implying more than this (e.g. a tiny file whose tensors are zero-stride views with
+# huge shapes) is refused before a network of that size is allocated.
+MAX_PARAMETERS = 128_000_000
+MAX_CARD_BYTES = 1 << 20
+_ALLOWLIST_LOCK = threading.Lock()
 _STACK_KEY = re.compile(r"^(m|top_m_|conv_last|bn_end|l|bl|al)(\d+)\.")
 
 
@@ -61,18 +80,79 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not is_state_dict(obj):
         raise CheckpointError(f"{path}: not a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def is_state_dict(obj: Any) -> bool:
+    """Whether ``obj`` is a non-empty mapping of string keys to plain tensors.
+
+    Plain: dense, not quantized, real numbers, no tensor subclass; anything
+    else would fail (or do something unplanned) only when copied into a model.
+    """
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj) and all(map(_plain_tensor, obj.values()))
+
+
+def _plain_tensor(value: Any) -> bool:
+    return (
+        type(value) in (torch.Tensor, nn.Parameter)
+        and value.layout == torch.strided
+        and not value.is_quantized
+        and not value.is_complex()
+        and value.device.type == "cpu"
+    )
+
+
+@contextmanager
+def _torch_allowlist_only() -> Iterator[None]:
+    """Unpickle with torch's built-in allowlist alone, not the globals other libraries registered process-wide.
+
+    Importing torchao (litert-torch brings it) registers dozens of classes with
+    ``torch.serialization.add_safe_globals``, DTensor and DeviceMesh among them;
+    a checkpoint has no business constructing those.
+    """
+    with _ALLOWLIST_LOCK:
+        registered = torch.serialization.get_safe_globals()
+        torch.serialization.clear_safe_globals()
+        try:
+            yield
+        finally:
+            torch.serialization.add_safe_globals(registered)
+
+
+def _check_file(p: Path) -> None:
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: empty file")
+
+
+def _load_pickle(p: Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` and torch's allowlist only; one-line errors, payloads refused unrun."""
+    try:
+        torchscript = _is_torchscript(p)
+    except Exception:  # a damaged zip: torch.load below says what is wrong with it
+        torchscript = False
+    if torchscript:
+        raise CheckpointError(f"{p}: a TorchScript archive, not a pickled state dict")
+    try:
+        with _torch_allowlist_only():
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refused something that is not a tensor container: a class, a function, a payload.
+        what = _refused_global(str(exc))
+        raise CheckpointError(
+            f"{p}: refused to load: the file holds {what}, not just tensors (it was not executed)"
+        ) from None
+    except Exception as exc:  # every reader has its own error types; the user needs one line
+        raise CheckpointError(f"{p}: not a readable checkpoint (truncated, corrupt or another format: {_one_line(exc)})") from None
 
 
 def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
     """Read weights (and config, card) from any supported format without building a model."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: no such file")
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"{p}: empty file")
+    _check_file(p)
     try:
         if _is_safetensors(p):
             return _read_safetensors(p)
@@ -83,18 +163,60 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
                 )
             module = torch.jit.load(str(p), map_location="cpu")
             return Checkpoint(_unwrap(dict(module.state_dict()), p), source=str(p))
-        obj = torch.load(p, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
-    except pickle.UnpicklingError as exc:
-        # weights_only refused something that is not a tensor container: a class, a function, a payload.
-        what = _refused_global(str(exc))
-        raise CheckpointError(
-            f"{p}: refused to load: the file holds {what}, not just tensors (it was not executed)"
-        ) from None
     except Exception as exc:  # every reader has its own error types; the user needs one line
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated, corrupt or another format: {_one_line(exc)})") from None
-    return Checkpoint(_unwrap(obj, p), source=str(p))
+    return Checkpoint(_unwrap(_load_pickle(p), p), source=str(p))
+
+
+def read_training_state(
+    path: str | Path, required: Mapping[str, type | tuple[type, ...]], state_dicts: tuple[str, ...] = ("model",)
+) -> dict[str, Any]:
+    """The state a resumable run saved (``last.ckpt``), read as untrusted as any checkpoint.
+
+    A resume indexes into the state right away, so a tampered or foreign file
+    would fail with a raw KeyError deep in the trainer; here each entry of
+    ``required`` must be present with its type (a dotted name such as
+    ``"spec.epochs"`` looks into a nested dict; integers must be non-negative
+    counters, and booleans are not integers), and the entries named in
+    ``state_dicts`` must be state dicts of plain tensors. Payloads are refused
+    unrun, as in :func:`read_checkpoint`.
+    """
+    p = Path(path)
+    _check_file(p)
+    state = _load_pickle(p)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{p}: not a training state (it holds a {type(state).__name__}, not a dict)")
+    for name, kind in required.items():
+        value = _entry(state, name, p)
+        wanted = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+            expected = " or ".join(k.__name__ for k in wanted)
+            raise CheckpointError(f"{p}: training state entry {name} is a {type(value).__name__}, expected {expected}")
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise CheckpointError(f"{p}: training state entry {name} is negative ({value})")
+    for name in state_dicts:
+        if not is_state_dict(_entry(state, name, p)):
+            raise CheckpointError(f"{p}: training state entry {name} is not a state dict of tensors")
+    return state
+
+
+def _entry(state: dict[str, Any], name: str, path: Path) -> Any:
+    value: Any = state
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise CheckpointError(f"{path}: not a training state of this kind of run (no entry {name})")
+        value = value[part]
+    return value
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Any, path: str | Path) -> None:
+    """``optimizer.load_state_dict(state)`` with a one-line CheckpointError when the saved state does not fit."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: its optimizer state does not fit this run ({_one_line(exc)})") from None
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -117,21 +239,82 @@ def _read_safetensors(path: Path) -> Checkpoint:
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
+    if not state:
+        raise CheckpointError(f"{path}: holds no tensors")
     config = None
     try:
         if CONFIG_METADATA_KEY in metadata:
-            config = FANConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+            config = _config_from(json.loads(metadata[CONFIG_METADATA_KEY]))
         card: dict[str, Any] = {}
         card_path = path.with_suffix(".json")
-        if card_path.is_file() and card_path.stat().st_size < (1 << 20):
+        if card_path.is_file() and card_path.stat().st_size < MAX_CARD_BYTES:
             card = json.loads(card_path.read_text())
             if not isinstance(card, dict):
                 raise ValueError("model card is not a JSON object")
             if config is None and isinstance(card.get("config"), dict):
-                config = FANConfig.from_dict(card["config"])
-    except (ValueError, ConfigError) as exc:
-        raise CheckpointError(f"{path}: bad fan-edge metadata ({exc})") from None
+                config = _config_from(card["config"])
+    except (ValueError, ConfigError, RecursionError, OSError) as exc:
+        raise CheckpointError(f"{path}: bad fan-edge metadata ({_one_line(exc)})") from None
+    if config is not None:
+        check_fits(config, state, str(path))
     return Checkpoint(state, config, card, str(path))
+
+
+def _config_from(data: Any) -> FANConfig:
+    if not isinstance(data, dict):
+        raise ValueError(f"the FAN config is a {type(data).__name__}, not a JSON object")
+    try:
+        return FANConfig.from_dict(data)
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a config's nested fields (channels) of odd types
+        raise ValueError(f"bad FAN config ({_one_line(exc)})") from None
+
+
+def expected_shapes(config: FANConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a FAN of ``config`` with its shape, from a network built on the meta device (no memory)."""
+    from .fan import FAN
+
+    with torch.device("meta"):
+        model = FAN(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _fit_problems(
+    expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, torch.Tensor], unexpected: bool = True
+) -> list[str]:
+    """What keeps ``state_dict`` from loading into a model with ``expected`` tensors, first offenders first."""
+    # Some released files omit BatchNorm's num_batches_tracked counters: they carry no weights.
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    extra = [k for k in state_dict if k not in expected] if unexpected else []
+    shapes = [
+        f"{k} is {tuple(state_dict[k].shape)} in the checkpoint, {tuple(expected[k])} in the model"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
+    if extra:
+        problems.append(f"unexpected keys {', '.join(extra[:3])}" + (f" (+{len(extra) - 3} more)" if len(extra) > 3 else ""))
+    if shapes:
+        problems.append(f"shape mismatch {', '.join(shapes[:2])}" + (f" (+{len(shapes) - 2} more)" if len(shapes) > 2 else ""))
+    return problems
+
+
+def check_fits(config: FANConfig, state_dict: Mapping[str, torch.Tensor], source: str = "weights") -> None:
+    """Refuse a config that the weights do not fill, or that is too large, before a network of it is built.
+
+    The weights may hold more than the config (extra stacks are truncated on
+    loading); every tensor the config needs must be there with its shape.
+    """
+    shapes = expected_shapes(config)
+    count = sum(math.prod(s) for s in shapes.values())
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"{source}: declares a FAN of {count:,} values, more than fan-edge loads ({MAX_PARAMETERS:,})")
+    problems = _fit_problems(shapes, state_dict, unexpected=False)
+    if problems:
+        raise CheckpointError(
+            f"{source}: its config ({config.stacks} stacks, width {config.width}) does not fit its weights: {'; '.join(problems)}"
+        )
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], input_size: int = 256) -> FANConfig:
@@ -144,9 +327,11 @@ def infer_config(state_dict: dict[str, torch.Tensor], input_size: int = 256) -> 
     except (ValueError, KeyError, IndexError):
         raise CheckpointError("weights do not look like a FAN (no m0/conv_last0/l0 keys)") from None
     try:
-        return FANConfig(stacks=stacks, width=width, input_size=input_size, num_landmarks=landmarks, hourglass_depth=depth)
+        config = FANConfig(stacks=stacks, width=width, input_size=input_size, num_landmarks=landmarks, hourglass_depth=depth)
     except ConfigError as exc:
         raise CheckpointError(f"weights are not a supported FAN: {exc}") from None
+    check_fits(config, state_dict)
+    return config
 
 
 def _truncate(state_dict: dict[str, torch.Tensor], stacks: int) -> dict[str, torch.Tensor]:
@@ -168,26 +353,15 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
     if stacks is not None:
         state_dict = _truncate(state_dict, stacks)
     expected = model.state_dict()
-    # Some released files omit BatchNorm's num_batches_tracked counters: they carry no weights.
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k} is {tuple(state_dict[k].shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
-    if unexpected:
-        problems.append(f"unexpected keys {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else ""))
-    if shapes:
-        problems.append(f"shape mismatch {', '.join(shapes[:2])}" + (f" (+{len(shapes) - 2} more)" if len(shapes) > 2 else ""))
+    problems = _fit_problems({k: tuple(v.shape) for k, v in expected.items()}, state_dict)
     if problems:
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(problems))
     full = dict(expected)
     full.update(state_dict)
-    model.load_state_dict(full, strict=True)
+    try:
+        model.load_state_dict(full, strict=True)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied into the parameters
+        raise CheckpointError(f"checkpoint does not fit the model: {_one_line(exc)}") from None
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | None = None) -> Path:

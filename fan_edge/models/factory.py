@@ -46,6 +46,10 @@ def create_model(
         bundled = entry.weights_path if entry.trained else None
     if weights is not None and weights is not False:
         checkpoint = read_checkpoint(weights, trust=trust)
+        if checkpoint.config is not None:
+            # The crop and the peak refinement are how the weights were trained, not architecture: a name's
+            # defaults would silently shift every landmark, so the checkpoint's own conventions win.
+            config = config.replace(crop=checkpoint.config.crop, refine=checkpoint.config.refine)
     elif weights is None and checkpoint is None and bundled is not None:
         checkpoint = read_checkpoint(bundled)
     changes = {}

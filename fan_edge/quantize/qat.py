@@ -56,6 +56,7 @@ from ..atomic import atomic_path, write_text_atomic
 from ..errors import CheckpointError, ConfigError, DataError
 from ..export.int8 import matches
 from ..models import FAN, FANConfig, create_model, read_checkpoint, save_checkpoint
+from ..models.checkpoints import load_optimizer_state, read_training_state
 from ..train.spec import TrainSpec
 
 LAST = "last.ckpt"
@@ -63,6 +64,9 @@ FINAL = "final.safetensors"
 QAT_SUFFIX = ".qat.safetensors"
 HOOKS_PREFIX = "__nncf_hooks."
 CONFIG_KEY = "nncf_config"
+# What a resume reads from LAST, with types (see read_training_state).
+RESUME_ENTRIES = {"model": dict, "nncf_config": str, "config": dict, "optimizer": dict, "epoch": int, "batch": int,
+                  "history": list, "spec": dict, "spec.train": dict, "base_figures": dict, "init_figures": dict}
 log = logging.getLogger("fan_edge.quantize.qat")
 
 
@@ -140,11 +144,84 @@ def _nncf_config(qmodel: nn.Module) -> dict[str, Any]:
     return nncf.torch.get_config(qmodel)
 
 
-def _rebuild(model: FAN, config: dict[str, Any]) -> FAN:
+# What a QAT checkpoint may ask NNCF to rebuild: the two quantizer classes fan-quantize --qat writes, each with
+# exactly the fields of NNCF's PTQuantizerSpec. NNCF itself would import any class under "nncf.*".
+QUANTIZER_MODULE = "nncf.torch.quantization.layers"
+QUANTIZER_CLASSES = ("SymmetricQuantizer", "AsymmetricQuantizer")
+_QUANTIZER_FIELDS: dict[str, tuple[type, ...]] = {
+    "num_bits": (int,), "mode": (str,), "signedness_to_force": (bool, type(None)), "narrow_range": (bool,),
+    "half_range": (bool,), "scale_shape": (list,), "logarithm_scale": (bool,), "is_quantized_on_export": (bool,),
+}
+_COMMAND_FIELDS = {"hook_names_in_model", "module_path", "module_cls_name", "module_config"}
+MAX_QUANTIZERS = 100_000
+MAX_SCALE_VALUES = 1 << 16  # per quantizer: one per output channel at most
+
+
+def check_nncf_config(config: Any, source: str) -> dict[str, Any]:
+    """``config`` if it is an NNCF config of fan-edge's quantizers only, else a one-line CheckpointError.
+
+    The config comes from a file (the ``.qat.safetensors`` metadata or a
+    ``last.ckpt``): NNCF would import and construct whatever class under
+    ``nncf.*`` it names and allocate scales of any shape it declares, so every
+    command is checked against what fan-quantize --qat writes first.
+    """
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: not an NNCF quantizer config written by fan-quantize --qat ({why})")
+
+    commands = config.get("compression_state") if isinstance(config, dict) else None
+    if not isinstance(commands, list) or len(commands) > MAX_QUANTIZERS:
+        raise bad("no list of compression_state commands")
+    for command in commands:
+        if not isinstance(command, dict) or set(command) != _COMMAND_FIELDS:
+            raise bad("a command with other fields than NNCF's four")
+        if command["module_path"] != QUANTIZER_MODULE or command["module_cls_name"] not in QUANTIZER_CLASSES:
+            raise bad(f"it names {str(command['module_path'])[:80]}.{str(command['module_cls_name'])[:80]}, not a quantizer")
+        hooks = command["hook_names_in_model"]
+        if not isinstance(hooks, list) or not hooks or not all(isinstance(h, str) and len(h) < 1000 for h in hooks):
+            raise bad("hook names are not a list of names")
+        _check_quantizer_fields(command["module_config"], bad)
+    return config
+
+
+def _check_quantizer_fields(fields: Any, bad: Callable[[str], CheckpointError]) -> None:
+    if not isinstance(fields, dict) or set(fields) != set(_QUANTIZER_FIELDS):
+        raise bad("quantizer fields differ from NNCF's")
+    for name, kinds in _QUANTIZER_FIELDS.items():
+        value = fields[name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise bad(f"quantizer field {name} is a {type(value).__name__}")
+    if not 2 <= fields["num_bits"] <= 16 or fields["mode"] not in ("symmetric", "asymmetric"):
+        raise bad("quantizer bits or mode out of range")
+    shape = fields["scale_shape"]
+    if not 1 <= len(shape) <= 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise bad("scale_shape is not a short list of positive sizes")
+    if math.prod(shape) > MAX_SCALE_VALUES:
+        raise bad(f"scale_shape {shape[:4]} holds more than {MAX_SCALE_VALUES} values")
+
+
+def _rebuild(model: FAN, config: dict[str, Any], source: str = "QAT checkpoint") -> FAN:
+    check_nncf_config(config, source)  # before NNCF is even imported
     import nncf
 
     use_eager_kernels()
-    return nncf.torch.load_from_config(model, config)
+    try:
+        return nncf.torch.load_from_config(model, config, allowed_modules=(QUANTIZER_MODULE,))
+    except Exception as exc:  # NNCF's own errors: a hook name the model does not have, a field it refuses
+        raise CheckpointError(f"{source}: NNCF cannot rebuild its quantizers ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {(text.splitlines()[0] if text else '')[:200]}"
+
+
+def _json_config(text: Any, source: str) -> Any:
+    if not isinstance(text, str) or len(text) > (64 << 20):
+        raise CheckpointError(f"{source}: its NNCF config is not JSON text of a sane size")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{source}: its NNCF config is not valid JSON ({_first_line(exc)})") from None
 
 
 def float_state(qmodel: nn.Module) -> dict[str, torch.Tensor]:
@@ -188,15 +265,22 @@ def load_qat(checkpoint: Any) -> FAN | None:
     if not (path.is_file() and quantizers.is_file()):
         return None
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    with safe_open(str(quantizers), "pt") as fh:
-        meta = fh.metadata() or {}
+    from ..models.checkpoints import is_state_dict
+
+    try:
+        with safe_open(str(quantizers), "pt") as fh:
+            meta = fh.metadata() or {}
+            hooks = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors' own error types: truncated, corrupt, another format
+        raise CheckpointError(f"{quantizers}: not a readable safetensors file ({_first_line(exc)})") from None
     if CONFIG_KEY not in meta:
         raise CheckpointError(f"{quantizers}: no NNCF config in its metadata (not written by fan-quantize --qat)")
-    qmodel = _rebuild(create_model(str(path)).eval(), json.loads(meta[CONFIG_KEY]))
+    if not is_state_dict(hooks) or not all(k.startswith(HOOKS_PREFIX) for k in hooks):
+        raise CheckpointError(f"{quantizers}: holds other tensors than NNCF quantizer parameters")
+    qmodel = _rebuild(create_model(str(path)).eval(), _json_config(meta[CONFIG_KEY], str(quantizers)), str(quantizers))
     state = float_state(qmodel)
-    state.update(load_file(str(quantizers)))
+    state.update(hooks)
     try:
         qmodel.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -299,8 +383,11 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
     last = out / LAST
     state: dict[str, Any] | None = None
     if resume and last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        saved = QATSpec.from_dict(state["spec"])
+        state = read_training_state(last, RESUME_ENTRIES)
+        try:
+            saved = QATSpec.from_dict(state["spec"])
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{last}: its run spec is not one of fan-quantize --qat ({_first_line(exc)})") from None
         saved.train.epochs = max(ts.epochs, saved.train.epochs)
         for name in ("workers", "max_minutes", "max_batches", "checkpoint_minutes"):
             setattr(saved.train, name, getattr(ts, name))
@@ -324,14 +411,17 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
         if ts.val:
             log.info("validation: float %s | int8 (fake-quant) after initialisation %s", json.dumps(base_figures), json.dumps(init_figures))
     else:
-        model = _rebuild(FAN(FANConfig.from_dict(state["config"])), json.loads(state["nncf_config"]))
-        model.load_state_dict(state["model"])
+        model = _rebuild(FAN(FANConfig.from_dict(state["config"])), _json_config(state["nncf_config"], str(last)), str(last))
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{last}: its weights do not fit its quantized model ({_first_line(exc)})") from None
         base_figures, init_figures = state["base_figures"], state["init_figures"]
 
     dataset = _datasets(ts, model, require_points=True)
     optimizer = _optimizer(ts, model)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], last)
     weights = stack_weights(model.config.stacks, ts.stack_weights)
     start_epoch, start_batch = (state["epoch"], state["batch"]) if state else (0, 0)
     history: list[dict[str, Any]] = state["history"] if state else []

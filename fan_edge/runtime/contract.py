@@ -10,8 +10,12 @@ it (``ARTIFACT + ".json"``). :class:`fan_edge.runtime.session.LandmarkSession`
 configures itself from it.
 
 Metadata comes from files that anyone may have written, so parsing is
-defensive: sizes are bounded, every field is type-checked, and any problem is
-a one-line :class:`~fan_edge.errors.ContractError`. Unknown keys are kept (in
+defensive: sizes are bounded (the JSON text, a sidecar before it is read,
+each free-form object), nesting is at most :data:`MAX_DEPTH` deep, JSON's
+non-standard NaN and Infinity are refused, every field is type- and
+range-checked (sizes, counts, indices, finite numbers, the crop recipe within
+sane bounds), and any problem is a one-line
+:class:`~fan_edge.errors.ContractError`. Unknown keys are kept (in
 ``extra``) rather than refused, so that an older runtime can still read an
 artifact from a newer exporter that adds informational fields; a newer
 ``schema_version`` is refused.
@@ -47,6 +51,13 @@ SIDECAR_SUFFIX = ".json"
 MAX_JSON_BYTES = 1 << 20  # a contract is a few kB; anything near this is not one
 MAX_CARD_BYTES = 64 << 10
 MAX_TEXT = 1000
+MAX_DEPTH = 32  # nesting of JSON objects and arrays; fan-edge writes 4
+MAX_INPUT_SIZE = 4096  # a 3x4096x4096 float32 crop is 200 MB per face already; FAN uses 256
+MAX_LANDMARKS = 10_000
+# The crop recipe (runtime/crop.py): side = window * (w + h) / reference_scale, centre moved up by center_shift * h.
+# FAN's 195 / 0.12 / 200; the bounds refuse recipes whose crops would be degenerate or absurd.
+CROP_SIDE_RATIO = (0.05, 20.0)  # window / reference_scale: the crop side over (w + h) of the box
+MAX_CENTER_SHIFT = 1.0  # in box heights
 
 OUTPUT_KINDS = ("heatmaps", "landmarks")
 OUTPUT_ROLES = {"heatmaps": ("heatmaps",), "landmarks": ("landmarks", "scores")}
@@ -60,7 +71,7 @@ def _check_int(name: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ContractError(f"contract field {name} must be an integer, got {_short(value)}")
     if not lo <= value <= hi:
-        raise ContractError(f"contract field {name} must be in {lo}..{hi}, got {value}")
+        raise ContractError(f"contract field {name} must be in {lo}..{hi}, got {_short(value)}")
     return value
 
 
@@ -79,7 +90,7 @@ def _check_object(name: str, value: Any, max_bytes: int) -> dict[str, Any]:
         raise ContractError(f"contract field {name} must be a JSON object, got {_short(value)}")
     try:
         size = len(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ContractError(f"contract field {name} is not plain JSON ({exc})") from None
     if size > max_bytes:
         raise ContractError(f"contract field {name} is {size} bytes, more than {max_bytes}")
@@ -87,8 +98,62 @@ def _check_object(name: str, value: Any, max_bytes: int) -> dict[str, Any]:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a deep structure; an int past the digit limit
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _finite_number(value: Any) -> bool:
+    """A real, finite int or float (an int too large for a float is not finite here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def json_depth(data: Any, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of JSON-like ``data`` (a scalar is 0), counted up to ``limit + 1`` and without recursion, so
+    that any depth is safe to measure."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list, tuple)):
+            deepest = max(deepest, depth)
+            if depth > limit:
+                break
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _check_depth(data: Any) -> None:
+    if json_depth(data) > MAX_DEPTH:
+        raise ContractError(f"contract is nested more than {MAX_DEPTH} levels deep")
+
+
+def _check_crop(crop: Any) -> None:
+    if not isinstance(crop, CropSpec):
+        raise ContractError(f"contract field crop must be a CropSpec, got {_short(crop)}")
+    values = (crop.reference_scale, crop.window, crop.center_shift)
+    if not all(_finite_number(v) for v in values) or crop.reference_scale <= 0 or crop.window <= 0:
+        raise ContractError("contract field crop needs finite numbers, reference_scale and window positive")
+    ratio = crop.window / crop.reference_scale
+    lo, hi = CROP_SIDE_RATIO
+    if not lo <= ratio <= hi:
+        raise ContractError(f"contract field crop: window / reference_scale is {ratio:.3g}, outside {lo}..{hi}")
+    if abs(crop.center_shift) > MAX_CENTER_SHIFT:
+        raise ContractError(
+            f"contract field crop: center_shift {crop.center_shift:.3g} is more than {MAX_CENTER_SHIFT} box heights"
+        )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ContractError(f"contract is not standard JSON ({name} is not a JSON number)")
 
 
 @dataclass(frozen=True)
@@ -97,7 +162,8 @@ class ModelContract:
 
     ``batch`` is None for a dynamic batch axis, else the fixed batch size.
     ``output_names`` lists the graph's output names in the order of the roles
-    of :data:`OUTPUT_ROLES` for ``outputs``. ``verification`` is the parity
+    of :data:`OUTPUT_ROLES` for ``outputs``. ``mirror_pairs`` None means
+    FAN's 68-point pairs for 68 landmarks, none otherwise. ``verification`` is the parity
     report of the export (sidecar only: it is measured after the artifact is
     written).
     """
@@ -114,7 +180,7 @@ class ModelContract:
     input_name: str = "input"
     output_names: tuple[str, ...] = ("heatmaps",)
     batch: int | None = None
-    mirror_pairs: tuple[tuple[int, int], ...] = MIRROR_PAIRS
+    mirror_pairs: tuple[tuple[int, int], ...] | None = None
     model: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
@@ -127,9 +193,9 @@ class ModelContract:
 
     def __post_init__(self) -> None:
         _check_int("schema_version", self.schema_version, 1, SCHEMA_VERSION)
-        _check_int("input_size", self.input_size, 1, 8192)
+        _check_int("input_size", self.input_size, 1, MAX_INPUT_SIZE)
         _check_int("heatmap_size", self.heatmap_size, 1, self.input_size)
-        _check_int("num_landmarks", self.num_landmarks, 1, 10000)
+        _check_int("num_landmarks", self.num_landmarks, 1, MAX_LANDMARKS)
         _check_str("outputs", self.outputs, OUTPUT_KINDS)
         _check_str("refine", self.refine, REFINEMENTS)
         _check_str("layout", self.layout, LAYOUTS)
@@ -137,15 +203,9 @@ class ModelContract:
         _check_str("precision", self.precision, PRECISIONS)
         for name in ("input_name", "model", "target", "fan_edge_version"):
             _check_str(name, getattr(self, name))
-        if not isinstance(self.crop, CropSpec):
-            raise ContractError(f"contract field crop must be a CropSpec, got {_short(self.crop)}")
+        _check_crop(self.crop)
         vr = self.value_range
-        if (
-            not isinstance(vr, (tuple, list))
-            or len(vr) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vr)
-            or not vr[0] < vr[1]
-        ):
+        if not isinstance(vr, (tuple, list)) or len(vr) != 2 or not all(_finite_number(v) for v in vr) or not vr[0] < vr[1]:
             raise ContractError(f"contract field value_range must be two finite increasing numbers, got {_short(vr)}")
         object.__setattr__(self, "value_range", (float(vr[0]), float(vr[1])))
         names = self.output_names
@@ -153,8 +213,12 @@ class ModelContract:
         if not isinstance(names, (tuple, list)) or len(names) != len(roles):
             raise ContractError(f"contract field output_names must list {len(roles)} names ({', '.join(roles)}) for {self.outputs} outputs")
         object.__setattr__(self, "output_names", tuple(_check_str("output_names", n) for n in names))
+        if len(set(self.output_names)) != len(self.output_names):
+            raise ContractError(f"contract field output_names repeats a name: {_short(list(self.output_names))}")
         if self.batch is not None:
             _check_int("batch", self.batch, 1, 1 << 16)
+        if self.mirror_pairs is None:
+            object.__setattr__(self, "mirror_pairs", MIRROR_PAIRS if self.num_landmarks == 68 else ())
         pairs = self.mirror_pairs
         if not isinstance(pairs, (tuple, list)) or len(pairs) > self.num_landmarks:
             raise ContractError("contract field mirror_pairs must be a list of index pairs")
@@ -216,6 +280,7 @@ class ModelContract:
     def from_dict(cls, data: Any) -> "ModelContract":
         if not isinstance(data, dict):
             raise ContractError(f"contract must be a JSON object, got {type(data).__name__}")
+        _check_depth(data)
         version = data.get("schema_version", SCHEMA_VERSION)
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
             raise ContractError(
@@ -230,8 +295,8 @@ class ModelContract:
         if "crop" in values:
             try:
                 values["crop"] = CropSpec.from_dict(values["crop"])
-            except ValueError as exc:
-                raise ContractError(f"contract field crop: {exc}") from None
+            except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: an integer too large for a float
+                raise ContractError(f"contract field crop: {_short(str(exc))}") from None
         for key in ("value_range", "output_names", "mirror_pairs"):
             if key in values and isinstance(values[key], list):
                 values[key] = tuple(tuple(v) if isinstance(v, list) else v for v in values[key])
@@ -242,9 +307,7 @@ class ModelContract:
         except TypeError as exc:
             raise ContractError(f"bad contract: {exc}") from None
         stride = data.get("heatmap_stride")
-        if stride is not None and (
-            isinstance(stride, bool) or not isinstance(stride, (int, float)) or abs(stride - contract.heatmap_stride) > 1e-6
-        ):
+        if stride is not None and (not _finite_number(stride) or not abs(float(stride) - contract.heatmap_stride) <= 1e-6):
             raise ContractError(
                 f"contract heatmap_stride {_short(stride)} disagrees with input_size/heatmap_size ({contract.heatmap_stride})"
             )
@@ -252,7 +315,9 @@ class ModelContract:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ModelContract":
-        if isinstance(text, bytes):
+        if isinstance(text, (bytes, bytearray)):
+            if len(text) > MAX_JSON_BYTES:
+                raise ContractError(f"contract is {len(text)} bytes, more than {MAX_JSON_BYTES}")
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
@@ -262,9 +327,10 @@ class ModelContract:
         if len(text) > MAX_JSON_BYTES:
             raise ContractError(f"contract is {len(text)} bytes, more than {MAX_JSON_BYTES}")
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_refuse_constant)
         except (ValueError, RecursionError) as exc:
-            raise ContractError(f"contract is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ContractError(f"contract is not valid JSON ({first[:120]})") from None
         return cls.from_dict(data)
 
 
@@ -279,9 +345,13 @@ def read_sidecar(artifact: str | Path) -> ModelContract | None:
     path = sidecar_path(artifact)
     if not path.is_file():
         return None
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise ContractError(f"{path}: larger than {MAX_JSON_BYTES} bytes, not a contract")
     try:
-        return ModelContract.from_json(path.read_bytes())
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ContractError(f"larger than {MAX_JSON_BYTES} bytes, not a contract")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_BYTES + 1)  # bounded even if the file grew since stat
+        return ModelContract.from_json(data)
     except ContractError as exc:
         raise ContractError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ContractError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None

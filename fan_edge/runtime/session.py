@@ -47,6 +47,10 @@ from .image import ImageSource, to_network_input
 # Faces per backend call in predict(): bounds the memory of a call with many boxes (each face at input size S
 # holds a 3xSxS float32 crop and its heatmaps), whatever the number of boxes.
 MAX_FACES_PER_CALL = 32
+# A graph with a fixed batch (an NPU export) under a contract that says "dynamic": up to this is accepted as a
+# fixed-size chunk. More is refused at load: its backend would allocate for it on the first run (fuzzing found a
+# 2 kB .tflite with a fixed batch of 131073, 1.4 GB).
+MAX_FIXED_BATCH = 64
 
 
 @dataclass
@@ -116,13 +120,40 @@ class LandmarkSession:
         expected = (3, c.input_size, c.input_size) if c.layout == "NCHW" else (c.input_size, c.input_size, 3)
         if len(shape) != 4 or any(s is not None and s != e for s, e in zip(shape[1:], expected)):
             raise ContractError(f"{self.path}: input shape {shape} does not match the contract ({c.layout}, size {c.input_size})")
-        present = {o.name for o in self.backend.outputs}
+        present = {o.name: o for o in self.backend.outputs}
         missing = [n for n in c.output_names if n not in present]
         if missing:
             raise ContractError(
                 f"{self.path}: the contract names outputs {', '.join(missing)} that the graph does not have ({', '.join(sorted(present))})"
             )
+        for role, expected in self._output_shapes().items():
+            got = present[c.output_name(role)].shape
+            if len(got) != len(expected) or any(g is not None and g != e for g, e in zip(got[1:], expected[1:])):
+                raise ContractError(f"{self.path}: output {c.output_name(role)} has shape {got}, the contract says {expected}")
         self.fixed_batch = None if self.backend.dynamic_batch else (shape[0] or 1)
+        limit = c.batch if c.batch is not None else MAX_FIXED_BATCH
+        if self.fixed_batch is not None and (self.fixed_batch > limit or (c.batch is not None and self.fixed_batch != c.batch)):
+            raise ContractError(
+                f"{self.path}: the graph's input has a fixed batch of {self.fixed_batch}, the contract says "
+                f"{'a dynamic batch' if c.batch is None else c.batch}"
+            )
+
+    def _output_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """Each output's shape by role as the contract implies it (None: the batch axis)."""
+        c = self.contract
+        if c.outputs == "heatmaps":
+            return {"heatmaps": (None, c.num_landmarks, c.heatmap_size, c.heatmap_size)}
+        return {"landmarks": (None, c.num_landmarks, 2), "scores": (None, c.num_landmarks)}
+
+    def _check_outputs(self, outputs: dict[str, np.ndarray], n: int) -> None:
+        """Outputs of a run against the contract: a graph with dynamic axes is only checked here."""
+        for role, expected in self._output_shapes().items():
+            name = self.contract.output_name(role)
+            got = np.shape(outputs.get(name))
+            if got != (n,) + expected[1:]:
+                raise ContractError(
+                    f"{self.path}: output {name} came out {got} for {n} crops, the contract says {(n,) + expected[1:]}"
+                )
 
     @property
     def input_size(self) -> int:
@@ -168,6 +199,7 @@ class LandmarkSession:
             k = c.num_landmarks
             return CropPrediction(np.zeros((0, k, 2)), np.zeros((0, k), np.float32), None, {})
         outputs = self.run_raw(batch)
+        self._check_outputs(outputs, n)
         if c.outputs == "heatmaps":
             heatmaps = np.asarray(outputs[c.output_name("heatmaps")], dtype=np.float32)
             points, scores = decode_heatmaps(heatmaps, c.input_size, c.refine)

@@ -26,9 +26,10 @@ from torch import nn
 from ..atomic import atomic_path, write_text_atomic
 from ..bench.evaluate import evaluate_model
 from ..data.augment import AugmentSpec
-from ..data.dataset import FaceFolder
+from ..data.dataset import FaceFolder, read_folder
 from ..errors import ConfigError, DataError
 from ..models import create_model, save_checkpoint
+from ..models.checkpoints import load_optimizer_state, load_weights, read_training_state
 from ..models.complexity import count_macs, count_parameters
 from ..models.config import FANConfig
 from ..models.fan import FAN
@@ -38,6 +39,9 @@ from .spec import TrainSpec
 from .warm_start import warm_start
 
 LAST = "last.ckpt"
+# What a resume reads from LAST, with types: a file that lacks one is refused in one line, not a KeyError mid-resume.
+RESUME_ENTRIES = {"model": dict, "optimizer": dict, "epoch": int, "batch": int, "best": dict, "history": list,
+                  "spec": dict, "spec.epochs": int, "config": dict}
 BEST = "best.safetensors"
 FINAL = "final.safetensors"
 log = logging.getLogger("fan_edge.train")
@@ -188,7 +192,7 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     last_path = out / LAST
     state: dict[str, Any] | None = None
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = read_training_state(last_path, RESUME_ENTRIES)
         spec = TrainSpec.from_dict({**state["spec"], "out": spec.out, "workers": spec.workers, "device": spec.device,
                                     "max_minutes": spec.max_minutes, "max_batches": spec.max_batches, "epochs": max(spec.epochs, state["spec"]["epochs"])})
         log.info("resuming %s at epoch %d batch %d", last_path, state["epoch"], state["batch"])
@@ -197,7 +201,7 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
         model = build_model(spec)
     else:
         model = FAN(FANConfig.from_dict(state["config"]))
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"])
     teacher: FAN | None = None
     if spec.teacher:
         teacher = create_model(spec.teacher).to(dist.device).eval()
@@ -211,12 +215,14 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     model.to(dist.device)
     model.train()
     dataset = _datasets(spec, model, require_points=teacher is None)
+    if spec.val is not None:
+        read_folder(spec.val)  # a bad --val is a one-line error now, not after the first epoch
     if teacher is not None:
         _box_unlabeled(dataset, teacher, model, dist.device)
     net: nn.Module = dist.wrap(model)
     optimizer = _optimizer(spec, net.parameters())
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], last_path)
     weights = stack_weights(model.config.stacks, spec.stack_weights)
     start_epoch = state["epoch"] if state else 0
     start_batch = state["batch"] if state else 0

@@ -33,7 +33,26 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ...errors import BackendError
+from ...errors import BackendError, FanEdgeError
+
+
+# The largest tensor a backend accepts in a graph as declared (dynamic axes counted as 1). FAN's largest activation
+# is 8 MB (fan4 at 256: 128 channels at 128x128), so this leaves a fixed batch of 32 of it; a file declaring more (a
+# hostile or corrupted shape: fuzzing found 2 kB .tflite files asking for 12 GB and for 0.4 GB inputs) is refused
+# at load instead of being allocated on the first run.
+MAX_TENSOR_BYTES = 256 << 20
+
+
+def check_tensor_bytes(path: Path, name: str, shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse a declared tensor over :data:`MAX_TENSOR_BYTES` (dynamic axes, as -1 or None, count as 1)."""
+    count = 1
+    for d in shape:
+        count *= d if isinstance(d, int) and d > 0 else 1
+    if count * itemsize > MAX_TENSOR_BYTES:
+        raise BackendError(
+            f"{path}: tensor {str(name)[:80]!r} of shape {tuple(shape)} would take {count * itemsize / 2**30:.1f} GiB "
+            f"(more than {MAX_TENSOR_BYTES / 2**30:.2f} GiB): not a FAN, refused before allocating it"
+        )
 
 
 class TensorInfo(NamedTuple):
@@ -183,7 +202,18 @@ def load_backend(
         raise BackendError(f"threads must be a positive integer, got {threads!r}")
     name = choose_backend(p, backend)
     cls = backend_class(name)
-    return cls(p, device=normalise_device(device), threads=threads, extra_outputs=tuple(extra_outputs))
+    device = normalise_device(device)
+    try:
+        return cls(p, device=device, threads=threads, extra_outputs=tuple(extra_outputs))
+    except FanEdgeError:
+        raise
+    except Exception as exc:  # a native library's error that its backend did not foresee: the file is not loadable
+        raise BackendError(f"{p}: the {name} backend cannot load it ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {(text.splitlines()[0] if text else '')[:200]}"
 
 
 __all__ = [
@@ -193,6 +223,7 @@ __all__ = [
     "TensorInfo",
     "available_devices",
     "backend_class",
+    "check_tensor_bytes",
     "choose_backend",
     "device_error",
     "load_backend",

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BackendError
-from . import Backend, TensorInfo, device_error
+from . import Backend, TensorInfo, check_tensor_bytes, device_error
 from .pool import InstancePool
 
 SIGNATURE = "serving_default"
@@ -71,6 +71,68 @@ def delegate_library(device: str) -> str | None:
         if hasattr(library, "tflite_plugin_create_delegate"):
             return name
     return None
+
+
+# A TFLite model is a FlatBuffer whose file identifier (bytes 4 to 8) is this.
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+def check_tflite_file(path: Path) -> None:
+    """A cheap look before the interpreter reads ``path``: a TFLite FlatBuffer names itself "TFL3" in bytes 4..8.
+
+    The interpreter verifies the FlatBuffer itself; this gives the clear
+    message for the common case (a file of another format, an empty or cut
+    file) and keeps those away from native code altogether.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
+        raise BackendError(f"{path}: not a TFLite model (no TFL3 FlatBuffer identifier)")
+
+
+# Kernel parameters beyond this are no FAN's (its largest: a 7x7 convolution, 2x2 pools, stride 2). XNNPACK sizes
+# buffers by them when the interpreter first allocates: fuzzing found a 2 kB file whose average pool, 117 million
+# wide, took 3.6 GB. Declared tensor shapes are checked too (check_tensor_bytes).
+MAX_KERNEL_PARAMETER = 64
+_KERNEL_OPTIONS = {
+    "Pool2DOptions": ("FilterWidth", "FilterHeight", "StrideW", "StrideH"),
+    "Conv2DOptions": ("StrideW", "StrideH", "DilationWFactor", "DilationHFactor"),
+    "DepthwiseConv2DOptions": ("StrideW", "StrideH", "DilationWFactor", "DilationHFactor", "DepthMultiplier"),
+    "TransposeConvOptions": ("StrideW", "StrideH"),
+}
+
+
+def check_kernel_parameters(path: Path) -> None:
+    """Refuse pooling windows, strides and dilations over :data:`MAX_KERNEL_PARAMETER` before anything is allocated.
+
+    Read with the TFLite schema that ships in ai-edge-litert, after the
+    interpreter has verified the FlatBuffer (so the reader walks a sound one).
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    kinds = {getattr(schema.BuiltinOptions, name): (getattr(schema, name), fields) for name, fields in _KERNEL_OPTIONS.items()}
+    try:
+        model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        for g in range(model.SubgraphsLength()):
+            subgraph = model.Subgraphs(g)
+            for i in range(subgraph.OperatorsLength()):
+                op = subgraph.Operators(i)
+                kind, table = kinds.get(op.BuiltinOptionsType()), op.BuiltinOptions()
+                if kind is None or table is None:
+                    continue
+                options = kind[0]()
+                options.Init(table.Bytes, table.Pos)
+                for field in kind[1]:
+                    value = getattr(options, field)()
+                    if not 0 <= value <= MAX_KERNEL_PARAMETER:
+                        raise BackendError(
+                            f"{path}: operator {i} has {field} {value} (more than {MAX_KERNEL_PARAMETER}): not a FAN, "
+                            "refused before allocating for it"
+                        )
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"{path}: cannot read its operators ({_first_line(exc)})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -104,6 +166,7 @@ class LiteRTBackend(Backend):
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None, extra_outputs: tuple[str, ...] = ()):
         super().__init__(path, device, threads, extra_outputs)
+        check_tflite_file(self.path)
         present = self.devices()
         if device == "auto":
             candidates = [d for d in AUTO_ORDER if d in present]
@@ -128,13 +191,20 @@ class LiteRTBackend(Backend):
             raise device_error("litert", device, present, "; ".join(reasons))
         interpreter, runner, self.signature = first
         self.device = target
-        self._inputs = runner.get_input_details()
-        self._outputs = runner.get_output_details()
+        try:
+            self._inputs = runner.get_input_details()
+            self._outputs = runner.get_output_details()
+            tensors = interpreter.get_tensor_details()
+        except Exception as exc:  # names in a hostile file may not even be UTF-8
+            raise BackendError(f"{self.path}: LiteRT cannot describe its inputs and outputs ({_first_line(exc)})") from None
+        for d in tensors:  # the interpreter allocates every tensor on the first run, whatever its declared size
+            check_tensor_bytes(self.path, d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).itemsize)
+        check_kernel_parameters(self.path)
         if len(self._inputs) != 1:
             raise BackendError(f"{self.path}: expected one input, the signature has {len(self._inputs)}")
         self._extra: dict[str, dict] = {}
         if self.extra_outputs:
-            by_name = {d["name"]: d for d in interpreter.get_tensor_details()}
+            by_name = {d["name"]: d for d in tensors}
             for name in self.extra_outputs:
                 if name in self._outputs:
                     continue

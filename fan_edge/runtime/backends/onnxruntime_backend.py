@@ -26,6 +26,7 @@ concurrently, DirectML among them), so one session serves every thread.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,9 +107,14 @@ def _provider_list(name: str, unit: str | None) -> list[tuple[str, dict[str, str
     return chain
 
 
+# onnxruntime's messages embed the C++ source location and signature ("/onnxruntime_src/...model.cc:256
+# onnxruntime::Model::Model(onnx::ModelProto&&, ...) Unsupported model IR version"): noise to a user.
+_SOURCE = re.compile(r"[\w./-]+\.(?:cc|cpp|h):\d+ (?:[\w:~<>]+\([^)]*\)(?: const)? )?")
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    text = _SOURCE.sub("", str(exc)).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _dims(shape) -> tuple[int | None, ...]:
@@ -163,8 +169,17 @@ class OnnxRuntimeBackend(Backend):
                 continue
             self.session = session
             self.device = name if unit is None else f"{name}:{unit}"
+            self._describe()
             return
         raise device_error("onnxruntime", device, present, "; ".join(reasons) or "nothing to try")
+
+    def _describe(self) -> None:
+        """Read the graph's inputs and outputs once, at load: names in a hostile file may not even be UTF-8."""
+        try:
+            self._inputs = [TensorInfo(i.name, _dims(i.shape), _TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
+            self._outputs = [TensorInfo(o.name, _dims(o.shape), _TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
+        except Exception as exc:
+            raise BackendError(f"{self.path}: onnxruntime cannot describe its inputs and outputs ({_first_line(exc)})") from None
 
     def _options(self, name: str):
         options = self._ort.SessionOptions()
@@ -191,7 +206,10 @@ class OnnxRuntimeBackend(Backend):
             import onnx
         except ImportError:
             raise BackendError("exposing intermediate tensors needs the onnx package: pip install 'fan-edge[onnx]'") from None
-        model = onnx.load(str(self.path))
+        try:
+            model = onnx.load(str(self.path))
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise BackendError(f"{self.path}: not a readable ONNX model ({_first_line(exc)})") from None
         produced = {o for node in model.graph.node for o in node.output}
         existing = {o.name for o in model.graph.output}
         for name in names:
@@ -209,19 +227,28 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def inputs(self) -> list[TensorInfo]:
-        return [TensorInfo(i.name, _dims(i.shape), _TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
+        return list(self._inputs)
 
     @property
     def outputs(self) -> list[TensorInfo]:
-        return [TensorInfo(o.name, _dims(o.shape), _TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
+        return list(self._outputs)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        results = self.session.run(names, {self.session.get_inputs()[0].name: np.ascontiguousarray(batch, dtype=np.float32)})
+        names = [o.name for o in self._outputs]
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        try:
+            results = self.session.run(names, {self._inputs[0].name: x})
+        except Exception as exc:  # onnxruntime's own untyped errors (a shape the graph refuses, a kernel failing)
+            raise BackendError(
+                f"{self.path}: onnxruntime failed to run a batch of shape {x.shape} ({_first_line(exc)})"
+            ) from None
         return dict(zip(names, results))
 
     def metadata(self) -> dict[str, str]:
-        return dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            return dict(self.session.get_modelmeta().custom_metadata_map)
+        except Exception as exc:  # e.g. metadata that is not UTF-8
+            raise BackendError(f"{self.path}: cannot read its metadata ({_first_line(exc)})") from None
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

@@ -22,19 +22,45 @@ at the peak number of calls in flight.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import BackendError
 from ..contract import METADATA_KEY, RT_INFO_PATH
-from . import Backend, TensorInfo, device_error
+from . import Backend, TensorInfo, check_tensor_bytes, device_error
 from .pool import InstancePool
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+    """The informative line of an OpenVINO error: its text starts with lines of source locations
+    ("Exception from src/...cpp:84:", "Check '...' failed at ...:"), which say nothing to a user."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not _LOCATION.match(line)]
+    return ((useful or lines or [type(exc).__name__])[0])[:200]
+
+
+_LOCATION = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
+# What an IR's .xml may start with (after a UTF-8 byte-order mark and white space): a tag or a declaration.
+_XML_START = re.compile(rb"^(\xef\xbb\xbf)?\s*<")
+
+
+def check_ir_files(path: Path) -> None:
+    """A cheap look before OpenVINO reads ``path``: an ``.xml`` must be XML with its ``.bin`` beside it.
+
+    Without it, ``read_model`` offers anything that is not XML to every
+    frontend it has (TensorFlow's text format, Paddle, ...), each of which
+    parses it and logs to stderr, and the error names none of that.
+    """
+    if path.suffix.lower() != ".xml":
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not _XML_START.match(head):
+        raise BackendError(f"{path}: not an OpenVINO IR (an .xml file that is not XML)")
+    if not path.with_suffix(".bin").is_file():
+        raise BackendError(f"{path}: its weights file {path.with_suffix('.bin').name} is missing")
 
 
 def _available(core) -> list[str]:
@@ -92,6 +118,22 @@ def _info(port) -> TensorInfo:
     return TensorInfo(port.get_any_name(), _dims(port.get_partial_shape()), port.get_element_type().to_dtype().name)
 
 
+def _check_sizes(path: Path, model) -> None:
+    """Refuse a graph declaring a tensor over MAX_TENSOR_BYTES before compiling it (which would allocate it)."""
+    try:
+        outputs = [(op.get_friendly_name(), o) for op in model.get_ordered_ops() for o in op.outputs()]
+        for name, port in outputs:
+            shape = port.get_partial_shape()
+            if shape.rank.is_dynamic:
+                continue
+            dims = tuple(d.get_length() if d.is_static else -1 for d in shape)
+            check_tensor_bytes(path, name, dims, max(1, (port.get_element_type().bitwidth + 7) // 8))
+    except BackendError:
+        raise
+    except Exception as exc:
+        raise BackendError(f"{path}: OpenVINO cannot describe its tensors ({_first_line(exc)})") from None
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
 
@@ -108,10 +150,12 @@ class OpenVINOBackend(Backend):
 
         self.core = ov.Core()
         targets = _auto_targets(self.core) if device == "auto" else [_resolve(self.core, device)]
+        check_ir_files(self.path)
         try:
             self.model = self.core.read_model(str(self.path))
         except Exception as exc:  # OpenVINO raises RuntimeError with multi-line text
             raise BackendError(f"{self.path}: OpenVINO cannot read it ({_first_line(exc)})") from None
+        _check_sizes(self.path, self.model)
         for name in self.extra_outputs:
             if name in self._output_names():
                 continue
@@ -131,6 +175,11 @@ class OpenVINOBackend(Backend):
         else:
             raise device_error("openvino", device, [d.lower() for d in _ranked(self.core)], "; ".join(reasons))
         self.device = target.lower()
+        try:  # read once at load: a hostile IR may have unnamed tensors or element types numpy lacks
+            self._inputs = [_info(i) for i in self.model.inputs]
+            self._outputs = [_info(o) for o in self.model.outputs]
+        except Exception as exc:
+            raise BackendError(f"{self.path}: OpenVINO cannot describe its inputs and outputs ({_first_line(exc)})") from None
         self._requests: InstancePool = InstancePool(self.compiled.create_infer_request)
         self._requests.add(self.compiled.create_infer_request())
 
@@ -170,11 +219,11 @@ class OpenVINOBackend(Backend):
 
     @property
     def inputs(self) -> list[TensorInfo]:
-        return [_info(i) for i in self.model.inputs]
+        return list(self._inputs)
 
     @property
     def outputs(self) -> list[TensorInfo]:
-        return [_info(o) for o in self.model.outputs]
+        return list(self._outputs)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(batch, dtype=np.float32)
@@ -188,8 +237,11 @@ class OpenVINOBackend(Backend):
 
     def metadata(self) -> dict[str, str]:
         meta: dict[str, str] = {}
-        if self.model.has_rt_info(list(RT_INFO_PATH)):
-            meta[METADATA_KEY] = self.model.get_rt_info(list(RT_INFO_PATH)).astype(str)
+        try:
+            if self.model.has_rt_info(list(RT_INFO_PATH)):
+                meta[METADATA_KEY] = self.model.get_rt_info(list(RT_INFO_PATH)).astype(str)
+        except Exception as exc:  # rt_info of another shape (a map where fan-edge writes a string)
+            raise BackendError(f"{self.path}: cannot read its rt_info ({_first_line(exc)})") from None
         return meta
 
     def close(self) -> None:
