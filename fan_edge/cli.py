@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .errors import FanEdgeError
@@ -125,7 +125,43 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from .runtime.soak import run_from_args
+
+    return run_from_args(args)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line, whatever carried it: a DataLoader worker re-raises it with the worker's whole
+    traceback in the message, of which the last line is the original error."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "Original Traceback" in text:
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        return lines[-1].removeprefix(prefix)
+    return " ".join(lines)
+
+
+def _one_line_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """argparse's own errors (an option missing, malformed or not among its choices) in one line too.
+
+    argparse prints the whole usage before its error line; the usage stays one ``--help`` away.
+    """
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _one_line_usage_errors(sub)
+
+
 def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    _one_line_usage_errors(parser)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
@@ -136,7 +172,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     except FanEdgeError as exc:
         if args.debug:
             raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
@@ -194,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan-size", type=int, metavar="PX",
                    help="long side the photo is resized to for detection (default 720; raise it for small faces in big photos)")
     p.set_defaults(handler=_cmd_predict)
+
+    from .runtime.soak import add_arguments as soak_arguments
+
+    p = sub.add_parser("soak", help="an artifact under many threads: every result against a sequential run, errors, memory "
+                       "growth after warm-up (torch-free; python -m fan_edge.runtime.soak)")
+    soak_arguments(p)
+    p.set_defaults(handler=_cmd_soak)
     return parser
 
 
@@ -553,8 +596,12 @@ def _bench_parser() -> argparse.ArgumentParser:
         from .bench.runner import BenchOptions, default_calib_dir, run_bench
         from .bench.targets import parse_targets
         from .bench.zoo import cpu_name
+        from .errors import BenchError
         from .runtime.bench import STATUS_FAILED
 
+        missing = [a for a in args.artifact if not Path(a).exists()]
+        if missing:  # a typo is bad input, not a benchmark result (run_bench itself makes it a failed row)
+            raise BenchError(f"--artifact {missing[0]}: no such file")
         models = [m.strip() for text in (args.model or []) for m in text.split(",") if m.strip()]
         if not models and not args.artifact:
             models = ["default"]

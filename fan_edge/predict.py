@@ -30,6 +30,7 @@ from .atomic import atomic_path
 from .errors import ConfigError, DataError
 from .runtime.cache import cache_dir
 from .runtime.detect import SCAN_SIZE, DlibHogDetector, Faces, detect_and_predict
+from .runtime.image import to_uint8
 from .runtime.session import LandmarkSession
 
 ARTIFACT_SUFFIXES = (".onnx", ".xml", ".tflite")
@@ -89,8 +90,8 @@ def parse_boxes(text: str) -> np.ndarray:
             raise DataError(f"{text}: larger than {MAX_BOXES_JSON} bytes, not a boxes file")
         try:
             data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DataError(f"{text}: not JSON ({str(exc).splitlines()[0][:120]})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting deeper than json's stack
+            raise DataError(f"{text}: not JSON ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})") from None
         if isinstance(data, dict):
             data = data.get("boxes")
         rows = data if isinstance(data, list) else None
@@ -157,15 +158,17 @@ def predict_photo(
     trust: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> tuple[PhotoResult, np.ndarray]:
-    """The photo's landmarks and the decoded image (RGB float, for drawing).
+    """The photo's landmarks and the decoded image (RGB(A) or grey at the file's depth, for :func:`draw_faces`).
 
     ``refine_passes`` defaults to 1 for detected faces (their boxes only
     approximate the landmark boxes the models are trained on) and 0 for
-    given boxes (taken as the caller's exact boxes).
+    given boxes (taken as the caller's exact boxes). The image stays at its
+    own depth (the session converts each face's window only), so a large
+    photo costs its decoded bytes, not a float copy four times their size.
     """
-    from .data.images import load_image
+    from .data.images import read_image
 
-    image = load_image(image_path)
+    image = read_image(image_path)
     artifact = resolve_artifact(model, backend, trust=trust, log=log)
     with LandmarkSession(artifact, backend=backend, device=device, threads=threads) as session:
         detector = DlibHogDetector(scan_size=scan_size or SCAN_SIZE) if boxes is None else None
@@ -176,10 +179,15 @@ def predict_photo(
 
 
 def draw_faces(image: np.ndarray, faces: Faces) -> np.ndarray:
-    """A BGR uint8 copy of an RGB image with each face's box and landmarks drawn (sizes follow the face)."""
+    """A BGR uint8 copy of an RGB image with each face's box and landmarks drawn (sizes follow the face).
+
+    Any image the runtime takes (grey, RGBA, 16-bit, float; :mod:`fan_edge.runtime.image`)
+    is drawn the way the model saw it.
+    """
     import cv2
 
-    canvas = np.ascontiguousarray(np.clip(np.rint(image[..., ::-1]), 0, 255).astype(np.uint8))
+    pixels = to_uint8(image)
+    canvas = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR) if pixels.ndim == 2 else np.ascontiguousarray(pixels[..., ::-1])
     for box, points in zip(faces.boxes, faces.points):
         side = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0)
         radius = max(1, round(side / 90))

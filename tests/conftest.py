@@ -126,3 +126,24 @@ def exported(tmp_path_factory, tiny_checkpoint, synthetic_faces):
     results = export_model(str(tiny_checkpoint), "onnx,openvino", "fp32,fp16,int8", output=out / "heatmaps", **common)
     results += export_model(str(tiny_checkpoint), "onnx,openvino", "fp32,int8", outputs="landmarks", output=out / "landmarks", **common)
     return {(r.target, r.precision, r.outputs): r for r in results}
+
+
+@pytest.fixture(scope="session")
+def micro_tflite(tmp_path_factory) -> Path:
+    """The smallest FAN (1 stack, width 32, hourglass depth 1: the quickest to convert) as fp32 TFLite, random weights.
+
+    One conversion per session (litert-torch takes tens of seconds even for this), shared by the runtime's tests.
+    """
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("litert_torch")
+    import torch
+
+    from fan_edge.export import export_model
+    from fan_edge.models import FANConfig, create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(FANConfig(stacks=1, width=32, input_size=128, hourglass_depth=1, refine="gaussian"), weights=False)
+    folder = tmp_path_factory.mktemp("litert")
+    checkpoint = save_checkpoint(model, folder / "micro.safetensors", card={"description": "test model, random weights"})
+    (result,) = export_model(str(checkpoint), "tflite", "fp32", output=folder / "micro.tflite", verify=False)
+    return result.path

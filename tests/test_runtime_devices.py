@@ -19,19 +19,9 @@ pytest.importorskip("ai_edge_litert")
 
 
 @pytest.fixture(scope="module")
-def tflite_path(tmp_path_factory):
-    """A small FAN (1 stack, width 32, hourglass depth 1: the quickest to convert) as fp32 TFLite."""
-    import torch
-
-    from fan_edge.export import export_model
-    from fan_edge.models import FANConfig, create_model, save_checkpoint
-
-    torch.manual_seed(0)
-    model = create_model(FANConfig(stacks=1, width=32, input_size=128, hourglass_depth=1, refine="gaussian"), weights=False)
-    folder = tmp_path_factory.mktemp("litert")
-    checkpoint = save_checkpoint(model, folder / "micro.safetensors", card={"description": "test model, random weights"})
-    (result,) = export_model(str(checkpoint), "tflite", "fp32", output=folder / "micro.tflite", verify=False)
-    return result.path
+def tflite_path(micro_tflite):
+    """A small FAN (1 stack, width 32, hourglass depth 1: the quickest to convert) as fp32 TFLite (conftest.py)."""
+    return micro_tflite
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from ..runtime.crop import CropSpec, apply_affine, compose_affine, crop_matrix, 
 from ..runtime.image import to_network_input
 from .augment import AugmentSpec, Photometric, mirror_points, random_similarity
 from .heatmaps import gaussian_heatmaps
-from .images import IMAGE_SUFFIXES, load_image
+from .images import IMAGE_SUFFIXES, check_image_file, load_image
 from .metrics import landmark_boxes
 from .pts import read_pts
 
@@ -43,6 +43,21 @@ def scan_folder(root: str | os.PathLike[str], require_points: bool = True) -> li
     return items
 
 
+def read_folder(root: str | os.PathLike[str], require_points: bool = True) -> tuple[list[FaceItem], list[np.ndarray | None]]:
+    """:func:`scan_folder`, every image's header checked and every .pts parsed: a bad file is a one-line DataError now.
+
+    What long jobs call first (training, validation, calibration,
+    benchmarks): otherwise a bad file is found when its face is loaded,
+    possibly hours in and inside a DataLoader worker, whose traceback wraps
+    the message. Costs a header read and a small parse per face (0.15 s for
+    the 870 faces of HELEN train).
+    """
+    items = scan_folder(root, require_points)
+    for item in items:
+        check_image_file(item.image)
+    return items, [None if item.pts is None else read_pts(item.pts) for item in items]
+
+
 class FaceFolder:
     """Faces of a folder as network inputs, heatmap targets and ground truth.
 
@@ -64,7 +79,7 @@ class FaceFolder:
         require_points: bool = True,
         with_heatmaps: bool = True,
     ) -> None:
-        self.items = scan_folder(root, require_points)
+        self.items, self._points = read_folder(root, require_points)  # bad files fail here; each .pts is parsed once
         self.input_size = input_size
         self.crop = crop or CropSpec()
         self.augment = augment
@@ -83,10 +98,10 @@ class FaceFolder:
         self.epoch = epoch
 
     def points(self, index: int) -> np.ndarray:
-        item = self.items[index]
-        if item.pts is None:
-            raise DataError(f"{item.image}: no .pts annotation")
-        return read_pts(item.pts)
+        points = self._points[index]
+        if points is None:
+            raise DataError(f"{self.items[index].image}: no .pts annotation")
+        return points.copy()
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         item = self.items[index]

@@ -25,7 +25,7 @@ def parse_pts(text: str, expected: int | None = 68, source: str = "<pts>") -> np
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     declared = None
     body = lines
-    if lines and lines[0].lower().startswith("version"):
+    if lines and lines[0].lower().startswith(("version", "n_points")):
         header = {}
         i = 0
         while i < len(lines) and lines[i] != "{":
@@ -34,8 +34,10 @@ def parse_pts(text: str, expected: int | None = 68, source: str = "<pts>") -> np
             i += 1
         if i == len(lines):
             raise DataError(f"{source}: header without an opening '{{'")
+        if "n_points" not in header:
+            raise DataError(f"{source}: header without n_points")
         try:
-            declared = int(header.get("n_points", ""))
+            declared = int(header["n_points"])
         except ValueError:
             raise DataError(f"{source}: n_points is not an integer") from None
         body = lines[i + 1 :]
@@ -46,6 +48,8 @@ def parse_pts(text: str, expected: int | None = 68, source: str = "<pts>") -> np
         body = [ln for ln in body if ln not in ("{", "}")]
     points = []
     for n, line in enumerate(body, 1):
+        if line in ("{", "}"):
+            raise DataError(f"{source}: unexpected {line!r} at point line {n}")
         parts = line.replace(",", " ").split()
         if len(parts) != 2:
             raise DataError(f"{source}: point line {n} has {len(parts)} values, expected 2")
@@ -75,6 +79,8 @@ def read_pts(path: str | os.PathLike[str], expected: int | None = 68) -> np.ndar
         text = p.read_text(encoding="utf-8", errors="strict")
     except FileNotFoundError:
         raise DataError(f"{p}: no such file") from None
+    except OSError as exc:  # a folder of that name, no permission, an I/O error: still the user's file, in one line
+        raise DataError(f"{p}: cannot read ({exc.strerror or type(exc).__name__})") from None
     except UnicodeDecodeError:
         raise DataError(f"{p}: not a text file") from None
     return parse_pts(text, expected, str(p))

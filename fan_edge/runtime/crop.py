@@ -115,6 +115,44 @@ def _halve(image: np.ndarray) -> np.ndarray:
     return 0.25 * (img[0::2, 0::2] + img[1::2, 0::2] + img[0::2, 1::2] + img[1::2, 1::2])
 
 
+# Source bytes (as float32) converted at a time by the halving path: bounds a warp's memory whatever the photo's size.
+TILE_BYTES = 8 << 20
+
+
+def _halvings(spacing: float, height: int, width: int) -> int:
+    """How many times the region is halved: until the crop's pixel spacing is under 2 or a side would drop below 1."""
+    n = 0
+    while spacing >= 2.0 and min(height, width) >= 2:
+        height, width, spacing, n = height // 2, width // 2, spacing / 2.0, n + 1
+    return n
+
+
+def _box_reduce(region: np.ndarray, halvings: int) -> np.ndarray:
+    """``halvings`` successive :func:`_halve` of ``region`` as float32, converted tile by tile.
+
+    Converting the whole window to float first would cost 12 bytes a pixel
+    (4.8 GB for a 20000 x 20000 RGB photo); each output pixel of n halvings
+    depends only on its own 2**n x 2**n source block, so tiles aligned on
+    those blocks give bit-identical values for a few megabytes.
+    """
+    if halvings == 0:
+        return region.astype(np.float32)
+    block = 2**halvings
+    h, w, c = region.shape[0] // block, region.shape[1] // block, region.shape[2]
+    out = np.empty((h, w, c), dtype=np.float32)
+    per_block = block * block * c * 4
+    cols = max(1, min(w, TILE_BYTES // per_block))
+    rows = max(1, min(h, TILE_BYTES // (per_block * cols)))
+    for r in range(0, h, rows):
+        for q in range(0, w, cols):
+            r1, q1 = min(r + rows, h), min(q + cols, w)
+            tile = region[r * block : r1 * block, q * block : q1 * block].astype(np.float32)
+            for _ in range(halvings):
+                tile = _halve(tile)
+            out[r:r1, q:q1] = tile
+    return out
+
+
 def warp_image(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     """Resample ``image`` (H, W, C) through ``matrix`` into a (size, size, C) float32 crop.
 
@@ -140,15 +178,14 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros((size, size, channels), dtype=np.float32)
     if x1 - x0 < 1 or y1 - y0 < 1 or not np.all(np.isfinite(inv)):
         return out
-    region = image[y0:y1, x0:x1].astype(np.float32)
     # crop pixel -> region pixel
     to_region = inv.copy()
     to_region[:, 2] -= (x0, y0)
-    while spacing >= 2.0 and min(region.shape[:2]) >= 2:
-        region = _halve(region)
+    halvings = _halvings(spacing, y1 - y0, x1 - x0)
+    region = _box_reduce(image[y0:y1, x0:x1], halvings)
+    for _ in range(halvings):
         to_region = to_region / 2.0
         to_region[:, 2] -= 0.25
-        spacing /= 2.0
     grid = np.arange(size, dtype=np.float64)
     xs = to_region[0, 0] * grid[None, :] + to_region[0, 1] * grid[:, None] + to_region[0, 2]
     ys = to_region[1, 0] * grid[None, :] + to_region[1, 1] * grid[:, None] + to_region[1, 2]

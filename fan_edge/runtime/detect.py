@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import BackendError, DataError
 from .image import to_uint8
+from .session import check_boxes
 
 # dlib HOG box (at the scan size below) -> landmark box: centre shift as a fraction of the box's width and height,
 # then width and height factors. Medians over the 843 of 870 HELEN train faces it finds (IoU > 0.3 with the
@@ -163,9 +164,9 @@ def detect_and_predict(session, image: np.ndarray, detector: Detector | None = N
             detector = DlibHogDetector()
         found = detector.detect(image)
         boxes, detector_scores = found.boxes, found.scores
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    points, scores = session.predict(image, boxes)
+    points, scores = session.predict(image, boxes)  # checks the image and the boxes: one-line DataErrors
     height, width = np.shape(image)[:2]
+    boxes = check_boxes(boxes, width, height)
     for _ in range(refine_passes):
         if len(boxes) == 0:
             break

@@ -23,8 +23,8 @@ import numpy as np
 UINT16_SCALE = 1.0 / 257.0  # 65535 / 257 = 255: full 16-bit range onto the 8-bit one
 
 
-def _checked(image: object) -> np.ndarray:
-    """The array as (H, W, C), C in 1, 3, 4, or a one-line ValueError."""
+def check_image(image: object) -> np.ndarray:
+    """The array as (H, W, C), C in 1, 3, 4, or a one-line ValueError: what every image entry point accepts."""
     if isinstance(image, (str, bytes)) or image is None:
         raise ValueError(f"expected an image array, got {type(image).__name__}")
     try:
@@ -52,7 +52,7 @@ def _float_to_255(img: np.ndarray) -> np.ndarray:
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) float32 RGB in 0..255 from (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) arrays."""
-    img = _checked(image)
+    img = check_image(image)
     if img.dtype == np.uint8:
         out = img.astype(np.float32)
     elif img.dtype == np.uint16:
@@ -80,7 +80,7 @@ class ImageSource:
 
     @classmethod
     def from_array(cls, image: object) -> "ImageSource":
-        img = _checked(image)
+        img = check_image(image)
         if img.shape[2] == 4:
             img = img[..., :3]
         if img.dtype == np.uint8:
