@@ -224,7 +224,7 @@ def build_onnx(job: ExportJob):
     if job.precision == "fp16":
         proto = to_fp16(proto)
     elif job.precision == "int8":
-        with tempfile.TemporaryDirectory(prefix="fan-export-int8-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="fan-export-int8-", dir=job.staging.folder) as tmp:  # swept with the staging
             proto = to_int8(proto, job.calibration, Path(tmp), job.int8_float)
     if job.outputs == "landmarks":
         proto = attach_head(proto, fp32_head(job))

@@ -126,7 +126,7 @@ def export_openvino(job: ExportJob) -> list[Path]:
 
     if job.output.suffix != ".xml":
         raise ExportError(f"an OpenVINO IR is an .xml file (with its .bin), got {job.output.name}")
-    with tempfile.TemporaryDirectory(prefix="fan-export-ov-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fan-export-ov-", dir=job.staging.folder) as tmp:  # swept with the staging
         model = build_openvino(job, Path(tmp))
         ov.save_model(model, str(job.staging.path(job.output)), compress_to_fp16=False)
     return [job.output.with_suffix(".bin"), job.output]
