@@ -4,7 +4,6 @@ choices, and quantization-aware training (resume, the quantizers file, export th
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +286,34 @@ def test_qat_keeps_the_layers_asked_float(tiny_checkpoint, synthetic_faces):
     assert any(n.startswith("pre_hooks.l0/conv2d/0__1") for n in everything)  # l0's weights, quantized by default
     assert not any(n.startswith(("pre_hooks.l0/conv2d/0__1", "pre_hooks.conv1/conv2d/0__1")) for n in kept)
     assert len(kept) < len(everything)
+
+
+def test_report_finds_exported_rows_of_checkpoints_by_source(tmp_path, tiny_checkpoint):
+    """fan-bench names an exported row by its artifact; the checkpoint it came from is the row's ``source``.
+
+    Two run folders' ``final.safetensors`` get distinct names, so neither overwrites the other's artifacts."""
+    from fan_edge.export.exporter import resolve_model
+    from fan_edge.quantize.report import compression_rows
+
+    runs = {}
+    for run in ("prune", "prune-qat"):
+        (tmp_path / run).mkdir()
+        runs[run] = tmp_path / run / "final.safetensors"
+        runs[run].write_bytes(tiny_checkpoint.read_bytes())
+        card = tiny_checkpoint.with_suffix(".json")
+        if card.exists():
+            (tmp_path / run / "final.json").write_bytes(card.read_bytes())
+    names = {run: resolve_model(str(path))[1] for run, path in runs.items()}
+    assert names == {"prune": "prune-final", "prune-qat": "prune-qat-final"}
+
+    def row(name, target, precision, nme, source, path):
+        return {"model": name, "path": path, "source": source, "target": target, "precision": precision, "nme_io": nme,
+                "status": "passed"}
+
+    rows = [row("default", "onnxruntime", "fp32", 4.70, "default", "a/default-fp32.onnx"),
+            row(names["prune"], "onnxruntime", "fp32", 4.71, str(runs["prune"]), "a/prune-final-fp32.onnx"),
+            row(names["prune-qat"], "onnxruntime", "int8", 4.73, str(runs["prune-qat"]), "a/prune-qat-final-int8.onnx")]
+    report = compression_rows(rows, {"float": "default", "pruned": str(runs["prune"]), "pruned+qat": str(runs["prune-qat"])},
+                              macs={"default": 1, str(runs["prune"]): 1, str(runs["prune-qat"]): 1})
+    assert [(r["step"], round(r["delta_nme_io"], 3)) for r in report] == [
+        ("float", 0.0), ("pruned", 0.01), ("pruned+qat", 0.03)]

@@ -18,7 +18,7 @@ from ..atomic import write_text_atomic
 from ..runtime.bench import ROW_KEYS, STATUS_PASSED
 
 # Written after ROW_KEYS in CSV (and kept in JSON): how each row was measured.
-EXTRA_KEYS = ("peak_rss_mb", "base_rss_mb", "delta_nme_io", "faces", "threads", "runs", "warmup", "path", "error")
+EXTRA_KEYS = ("peak_rss_mb", "base_rss_mb", "delta_nme_io", "faces", "threads", "runs", "warmup", "path", "source", "error")
 
 
 def _num(digits: int, suffix: str = "") -> Callable[[Any], str]:

@@ -244,8 +244,11 @@ class ArtifactCache:
     """Which artifacts of the output folder were exported from which weights, with which options."""
 
     def __init__(self, folder: Path) -> None:
+        from ..export._files import recover_exports
+
         self.folder = folder
         self.path = folder / CACHE_MANIFEST
+        recover_exports(folder)  # an export killed mid-commit here is finished before anything is judged reusable
         try:
             self.entries: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         except (OSError, ValueError):
@@ -255,6 +258,12 @@ class ArtifactCache:
         from ..runtime.contract import sidecar_path
 
         return artifact.exists() and sidecar_path(artifact).is_file() and self.entries.get(artifact.name) == key
+
+    def forget(self, artifacts: Sequence[Path]) -> None:
+        """Drop the entries of artifacts about to be re-exported: a kill mid-export must not leave them vouched for."""
+        dropped = [self.entries.pop(a.name) for a in artifacts if a.name in self.entries]
+        if dropped:
+            write_text_atomic(self.path, json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
 
     def store(self, artifact: Path, key: dict[str, Any]) -> None:
         self.entries[artifact.name] = key
@@ -306,6 +315,7 @@ def export_artifacts(
     def run(group: list[BenchTarget]) -> None:
         exports = list(dict.fromkeys(t.export_target for t in group))
         precisions = list(dict.fromkeys(t.precision for t in group))
+        cache.forget([paths[t] for t in group])
         export_model(
             model,
             ",".join(exports),  # type: ignore[arg-type]
@@ -463,6 +473,8 @@ def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log
             rows[t] = _fail(new_row(name, t), f"export: {_reason(got)}")
         else:
             rows[t] = _artifact_row(got, name, t, options, faces, log)
+    for row in rows.values():
+        row["source"] = model  # the registry name or checkpoint the row was made from, for the compression report
     return [rows[t] for t in options.targets]
 
 
@@ -531,9 +543,9 @@ def run_bench(options: BenchOptions, log: Log | None = None) -> list[dict[str, A
     if options.models and not options.targets:
         raise BenchError("no targets given")
     if options.data is not None:
-        from ..data.dataset import scan_folder
+        from ..data.dataset import read_folder
 
-        scan_folder(options.data)  # a one-line DataError now rather than one per row later
+        read_folder(options.data)  # a one-line DataError now (a bad image or .pts included) rather than one per row later
     faces = Faces(Path(options.data), options.faces) if options.data is not None else None
 
     rows: list[dict[str, Any]] = []

@@ -143,6 +143,10 @@ def _exporter(target: Target):
     return getattr(importlib.import_module(module), function)
 
 
+# The file names fan-edge's own runs give their checkpoints: they say which step of a run, not which model.
+RUN_FILE_STEMS = frozenset({"final", "best", "last", "pruned", "model", "checkpoint"})
+
+
 def resolve_model(model: Any, trust: bool = False, input_size: int | None = None) -> tuple[Any, str, dict[str, Any]]:
     """The FAN to export, a name for files and metadata, and its model card."""
     from ..models import DEFAULT_NAME, FAN, create_model, get_entry
@@ -159,6 +163,10 @@ def resolve_model(model: Any, trust: bool = False, input_size: int | None = None
     if _looks_like_path(text):
         path = Path(text)
         name = re.sub(r"(\.pth)?\.(tar|pth|pt|safetensors|zip|bin)$", "", path.name) or "model"
+        if name in RUN_FILE_STEMS and path.parent.name:
+            # runs/qat/final and runs/prune/final would both be "final": their artifacts would overwrite each
+            # other and fan-bench would compare one with the other's PyTorch row.
+            name = f"{path.parent.name}-{name}"
         card = dict(getattr(net, "card", {}) or {})
         card.setdefault("source", path.name)
     else:

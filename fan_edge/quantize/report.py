@@ -35,8 +35,9 @@ COLUMNS = ("step", "target", "precision", "model", "size_mb", "macs", "nme_io", 
 
 
 def _names(row: Mapping[str, Any], model: str | None) -> bool:
-    """Whether a fan-bench row is of ``model`` (rows carry a display name and the path or name they were run on)."""
-    return model is not None and model in (row.get("model"), row.get("path"))
+    """Whether a fan-bench row is of ``model`` (rows carry a display name, the artifact or model path, and the
+    registry name or checkpoint they were made from, ``source``)."""
+    return model is not None and model in (row.get("model"), row.get("path"), row.get("source"))
 
 
 def read_bench_rows(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
