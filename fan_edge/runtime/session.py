@@ -126,10 +126,13 @@ class LandmarkSession:
             raise ContractError(
                 f"{self.path}: the contract names outputs {', '.join(missing)} that the graph does not have ({', '.join(sorted(present))})"
             )
-        for role, expected in self._output_shapes().items():
-            got = present[c.output_name(role)].shape
-            if len(got) != len(expected) or any(g is not None and g != e for g, e in zip(got[1:], expected[1:])):
-                raise ContractError(f"{self.path}: output {c.output_name(role)} has shape {got}, the contract says {expected}")
+        # Per output name, its shape after the batch axis: fixed by the contract, so worked out once here and only
+        # compared on each run.
+        self._output_tails = {c.output_name(role): shape[1:] for role, shape in self._output_shapes().items()}
+        for name, tail in self._output_tails.items():
+            got = present[name].shape
+            if len(got) != 1 + len(tail) or any(g is not None and g != e for g, e in zip(got[1:], tail)):
+                raise ContractError(f"{self.path}: output {name} has shape {got}, the contract says {(None,) + tail}")
         self.fixed_batch = None if self.backend.dynamic_batch else (shape[0] or 1)
         limit = c.batch if c.batch is not None else MAX_FIXED_BATCH
         if self.fixed_batch is not None and (self.fixed_batch > limit or (c.batch is not None and self.fixed_batch != c.batch)):
@@ -147,13 +150,10 @@ class LandmarkSession:
 
     def _check_outputs(self, outputs: dict[str, np.ndarray], n: int) -> None:
         """Outputs of a run against the contract: a graph with dynamic axes is only checked here."""
-        for role, expected in self._output_shapes().items():
-            name = self.contract.output_name(role)
+        for name, tail in self._output_tails.items():
             got = np.shape(outputs.get(name))
-            if got != (n,) + expected[1:]:
-                raise ContractError(
-                    f"{self.path}: output {name} came out {got} for {n} crops, the contract says {(n,) + expected[1:]}"
-                )
+            if got != (n,) + tail:
+                raise ContractError(f"{self.path}: output {name} came out {got} for {n} crops, the contract says {(n,) + tail}")
 
     @property
     def input_size(self) -> int:
