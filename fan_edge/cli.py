@@ -703,17 +703,20 @@ def _quantize_parser() -> argparse.ArgumentParser:
         from .models import create_model
 
         if args.report:
-            from .quantize.report import compression_rows, format_markdown, read_bench_rows
+            from .quantize.report import compression_rows, fastest_summary, format_fastest, format_markdown, read_bench_rows
 
             models = {k: v for k, v in {"float": args.float_model, "qat": args.qat_model, "pruned": args.pruned,
                                         "pruned+qat": args.pruned_qat}.items() if v}
             if not args.bench or "float" not in models:
                 raise ConfigError("--report needs --bench JSON (fan-bench rows) and --float MODEL")
-            report = compression_rows(read_bench_rows(args.bench), models)
+            bench_rows = read_bench_rows(args.bench)
+            report = compression_rows(bench_rows, models)
+            summary = fastest_summary(bench_rows, report)
+            text = format_markdown(report) + "\n" + format_fastest(summary)
             out = Path(args.out or "runs/compression")
-            write_text_atomic(out / "compression.json", json.dumps({"models": models, "rows": report}, indent=2) + "\n")
-            write_text_atomic(out / "compression.md", format_markdown(report))
-            print(format_markdown(report))
+            write_text_atomic(out / "compression.json", json.dumps({"models": models, "rows": report, "fastest": summary}, indent=2) + "\n")
+            write_text_atomic(out / "compression.md", text)
+            print(text)
             print(f"wrote {out / 'compression.json'} and {out / 'compression.md'}")
             return 0
         if not args.data:

@@ -86,6 +86,39 @@ def test_fp32_matches_pytorch(tflite_exported):
     assert p.max_heatmap_diff < 1e-4 and p.max_px < 1e-2 and abs(p.delta_nme) < 1e-3
 
 
+def test_every_batchnorm_is_one_depthwise_op(tflite_exported, tiny_checkpoint):
+    """FAN's pre-activation BatchNorms fold into no conv; spelled out they were SUB, MUL, MUL, ADD each."""
+    from ai_edge_litert import schema_py_generated as schema
+    from torch import nn
+
+    from fan_edge.models import create_model
+
+    batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in create_model(str(tiny_checkpoint)).modules())
+    for precision in ("fp32", "int8"):
+        model = flatbuffer_utils.read_model(str(tflite_exported[(precision, "heatmaps")].path))
+        codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+        ops = [codes[op.opcodeIndex] for op in model.subgraphs[0].operators]
+        assert ops.count(schema.BuiltinOperator.DEPTHWISE_CONV_2D) == batchnorms > 0
+        assert schema.BuiltinOperator.SUB not in ops and schema.BuiltinOperator.MUL not in ops
+
+
+def test_batchnorms_as_depthwise_is_exact_and_leaves_the_model_alone(tiny_checkpoint):
+    import torch
+    from torch import nn
+
+    from fan_edge.export.batchnorm import batchnorms_as_depthwise
+    from fan_edge.models import create_model
+
+    model = create_model(str(tiny_checkpoint)).eval()
+    converted = batchnorms_as_depthwise(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in converted.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model(x), converted(x), atol=1e-5, rtol=1e-4)
+    assert set(dict(converted.named_modules())) == set(dict(model.named_modules()))  # same names: scopes still match
+
+
 def test_fp16_and_int8_stay_close_to_pytorch(tflite_exported):
     """Random weights: flat peaks move, but the heatmaps themselves must stay close (the PT2E fault gave garbage)."""
     assert tflite_exported[("fp16", "heatmaps")].parity.max_heatmap_diff < 0.01

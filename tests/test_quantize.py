@@ -237,7 +237,7 @@ def test_qat_exports_through_fan_export(qat_runs, synthetic_faces, tmp_path):
 
 
 def test_compression_report_takes_rows_of_several_bench_runs(tmp_path, tiny_checkpoint, capsys):
-    from fan_edge.quantize.report import STEPS, compression_rows, format_markdown
+    from fan_edge.quantize.report import STEPS, compression_rows, fastest_summary, format_fastest, format_markdown
 
     def row(model, target, precision, nme, ms, path=None):
         return {"model": model, "path": path, "target": target, "precision": precision, "size_mb": 1.0, "nme_io": nme,
@@ -264,10 +264,28 @@ def test_compression_report_takes_rows_of_several_bench_runs(tmp_path, tiny_chec
     assert "| ptq | onnxruntime | int8 |" in format_markdown(report)
     with pytest.raises(ValueError):
         compression_rows(bench_a, {"floats": "default"})
+    failed = row(tiny, "litert", "int8", 9.0, 0.5) | {"status": "failed"}
+    with_pq = compression_rows(bench_a + bench_b + [failed], {"float": "default", "pruned+qat": "runs/qat/final.safetensors"})
+    summary = fastest_summary(bench_a + bench_b + [failed], with_pq)
+    assert summary["fastest"]["latency_ms_p50"] == 2.0  # a failed row is never the fastest, however quick
+    assert summary["fastest_pruned_qat"]["latency_ms_p50"] == 4.0 and not summary["pruned_qat_is_fastest"]
+    summary = fastest_summary(bench_a[:2] + bench_b[:1], with_pq)
+    assert summary["pruned_qat_is_fastest"] and not summary["tied"] and summary["fastest"]["model"] == "qat"  # 4.0 ms against 10, 6
+    # the same graph's PTQ artifact timed 3.9 ms (p90 4.1): the 4.0 ms pruned+QAT row is tied with it, not beaten
+    twin = row("default", "litert", "int8", 4.8, 3.9) | {"latency_ms_p90": 4.1}
+    summary = fastest_summary(bench_a[:2] + bench_b[:1] + [twin], with_pq)
+    assert summary["pruned_qat_is_fastest"] and summary["tied"] and summary["fastest"]["latency_ms_p50"] == 3.9
+    assert "tied" in format_fastest(summary)
+    summary = fastest_summary(bench_a[:2] + bench_b[:1] + [twin | {"latency_ms_p90": 3.95}], with_pq)
+    assert not summary["pruned_qat_is_fastest"] and not summary["tied"]  # 4.0 is beyond the faster row's spread
     out = tmp_path / "report"
     code = quantize_main(["--report", "--bench", str(tmp_path / "a.json"), "--bench", str(tmp_path / "b.json"),
                           "--float", "default", "--qat-model", "runs/qat/final.safetensors", "--out", str(out)])
-    assert code == 0 and len(json.loads((out / "compression.json").read_text())["rows"]) == 5
+    written = json.loads((out / "compression.json").read_text())
+    assert code == 0 and len(written["rows"]) == 5
+    # the fastest passed row of both runs is the tiny model's (2.0 ms); there is no pruned+QAT step
+    assert written["fastest"]["fastest"]["latency_ms_p50"] == 2.0 and written["fastest"]["pruned_qat_is_fastest"] is False
+    assert "- pruned+QAT is the fastest artifact: no" in (out / "compression.md").read_text()
     assert quantize_main(["--report", "--bench", str(tmp_path / "a.json")]) == 2  # no --float: a one-line error
     assert "--float" in capsys.readouterr().err
 

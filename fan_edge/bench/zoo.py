@@ -98,7 +98,7 @@ def zoo_rows() -> list[dict[str, Any]]:
             {
                 "model": name,
                 "stacks": entry.config.stacks,
-                "width": entry.config.width,
+                "width": entry.config.layout.trunk,  # a channel-pruned model's trunk, not the width it was cut from
                 "input_size": entry.config.input_size,
                 "parameters": count_parameters(model),
                 "macs": count_macs(model, entry.config.input_size),

@@ -197,12 +197,15 @@ def fp32_backbone(job: ExportJob) -> bytes:
     """The FAN (NHWC input, heatmaps out) as fp32 TFLite; built once per export call and shared by the jobs."""
     import torch
 
+    from .batchnorm import batchnorms_as_depthwise
+
     key = "tflite.fp32_backbone"
     if key not in job.shared:
         network_io, _ = _wrappers()
         s = job.model.config.input_size
         example = torch.rand(2, s, s, 3, generator=torch.Generator().manual_seed(0))
-        job.shared[key] = torch_to_tflite(network_io(job.model.eval(), (HEATMAPS_NAME,)), example, INPUT_NAME)
+        network = batchnorms_as_depthwise(job.model)
+        job.shared[key] = torch_to_tflite(network_io(network, (HEATMAPS_NAME,)), example, INPUT_NAME)
     return job.shared[key]
 
 
@@ -250,7 +253,7 @@ def to_int8(model: bytes, calibration, float_output: bool = False, keep_float: t
     q = _quantizer(model, int8_recipe(float_output, _float_modules(model, float_layers("tflite", keep_float))))
     data = calibration.litert_calibration(INPUT_NAME, "NHWC", SIGNATURE)
     with _silenced():
-        ranges = q.calibrate(data, num_threads=max(1, min(4, os.cpu_count() or 1)))
+        ranges = floor_degenerate_ranges(q.calibrate(data, num_threads=max(1, min(4, os.cpu_count() or 1))))
         quantized = bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
     return widen_degenerate_add_scales(quantized)
 
@@ -268,6 +271,24 @@ def _float_modules(model: bytes, patterns: tuple[str, ...]) -> tuple[str, ...]:
             if name and matches(name, patterns):
                 found.add(name)
     return tuple(sorted(found))
+
+
+# A tensor that never varied on the calibration faces (a ReLU that never fired) gets a scale near zero; the convolution
+# reading it then has an input x weight / output scale ratio below 2**-32 (or, where it writes it, above 256), which
+# XNNPACK refuses ("failed to prepare"). Below this span (activations span units, heatmaps 0..1) a tensor is
+# constant for every practical purpose, so its range is widened to it.
+MIN_RANGE_SPAN = 1e-3
+
+
+def floor_degenerate_ranges(ranges: dict[str, dict[str, Any]], min_span: float = MIN_RANGE_SPAN) -> dict[str, dict[str, Any]]:
+    """ai-edge-quantizer's calibration result ({tensor: {"min", "max"}}) with every range at least ``min_span`` wide."""
+    floored = {}
+    for name, qsv in ranges.items():
+        if isinstance(qsv, dict) and "min" in qsv and "max" in qsv:
+            low = np.asarray(qsv["min"], dtype=np.float32)
+            qsv = {**qsv, "max": np.maximum(np.asarray(qsv["max"], dtype=np.float32), low + np.float32(min_span))}
+        floored[name] = qsv
+    return floored
 
 
 # TFLite's int8 ADD/SUB rescale both inputs to 2 x max(input scale) with a 20-bit left shift and need

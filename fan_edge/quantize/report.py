@@ -100,9 +100,57 @@ def compression_rows(rows: Iterable[Mapping[str, Any]], models: Mapping[str, str
                 "size_mb": r.get("size_mb"), "macs": counted[model], "nme_io": nme,
                 "delta_nme_io": None if nme is None or base is None else nme - base,
                 "auc7": r.get("auc7"), "fr7": r.get("fr7"), "latency_ms_p50": r.get("latency_ms_p50"),
+                "latency_ms_p90": r.get("latency_ms_p90"),
                 "speedup": r.get("speedup"), "status": r.get("status"),
             })
     return out
+
+
+def fastest(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The passed row with the lowest median latency, or None.
+
+    Fed every row of the runs (the whole zoo on every target, not only the
+    report's models), this is the project's fastest artifact, which the
+    pruned+QAT row is meant to be; comparing within one run keeps the machine
+    the same."""
+    timed = [dict(r) for r in rows if r.get("status") == "passed" and isinstance(r.get("latency_ms_p50"), (int, float))]
+    return min(timed, key=lambda r: r["latency_ms_p50"]) if timed else None
+
+
+def fastest_summary(rows: Iterable[Mapping[str, Any]], report: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which artifact of all ``rows`` is fastest, and whether a pruned+QAT row of ``report`` is that artifact.
+
+    A pruned+QAT row whose median is within the fastest row's own 90th
+    percentile counts as tied (``tied: true``): the PTQ and QAT int8 artifacts
+    of one pruned network are the same graph with other constants, and which
+    of the two times lower in a run is noise."""
+    rows = list(rows)
+    best = fastest(rows)
+    best_pq = fastest(r for r in report if r["step"] == "pruned+qat")
+    strictly = best is not None and best_pq is not None and best_pq["latency_ms_p50"] <= best["latency_ms_p50"]
+    spread = best.get("latency_ms_p90") if best is not None else None
+    tied = (not strictly and best_pq is not None and isinstance(spread, (int, float))
+            and best_pq["latency_ms_p50"] <= spread)
+
+    def brief(r: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        return None if r is None else {k: r.get(k) for k in ("model", "target", "precision", "latency_ms_p50", "latency_ms_p90", "nme_io")}
+    return {"rows": len(rows), "fastest": brief(best), "fastest_pruned_qat": brief(best_pq),
+            "pruned_qat_is_fastest": strictly or tied, "tied": tied}
+
+
+def format_fastest(summary: Mapping[str, Any]) -> str:
+    """Two lines under the table: the fastest artifact among the rows, and the fastest pruned+QAT one."""
+    def line(what: str, r: Mapping[str, Any] | None) -> str:
+        if r is None:
+            return f"- {what}: none"
+        spread = f" (p90 {r['latency_ms_p90']:.2f})" if isinstance(r.get("latency_ms_p90"), (int, float)) else ""
+        return f"- {what}: {r['model']} {r['target']} {r['precision']}, p50 {r['latency_ms_p50']:.2f} ms{spread}, NME io {_cell('nme_io', r['nme_io'])}%"
+    verdict = "yes" if summary["pruned_qat_is_fastest"] else "no"
+    if summary.get("tied"):
+        verdict += ", tied: its median is within the fastest artifact's 90th percentile"
+    return "\n".join([line(f"fastest passed artifact of the {summary['rows']} bench rows", summary["fastest"]),
+                      line("fastest pruned+QAT artifact", summary["fastest_pruned_qat"]),
+                      f"- pruned+QAT is the fastest artifact: {verdict}"]) + "\n"
 
 
 def _cell(key: str, value: Any) -> str:
