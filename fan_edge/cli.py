@@ -673,7 +673,8 @@ def _quantize_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib", metavar="DIR", help="calibration faces (default: the first --data folder)")
     parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="calibration faces, chosen to cover pose and lighting (default 128)")
     parser.add_argument("--keep-float", action="append", default=[], metavar="LAYER",
-                        help="--qat: keep this layer (module name or regex) float; repeatable (default: none)")
+                        help="--qat: keep this layer (module name or regex) float while training (the artifacts: "
+                        "fan-export --int8-float); repeatable (default: none)")
     parser.add_argument("--teacher", default="self", help="--qat: distillation teacher: 'self' (the float --model, default), "
                         "a registry name or checkpoint, or 'none'")
     parser.add_argument("--faces", type=int, default=64, metavar="N",

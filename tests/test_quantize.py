@@ -202,35 +202,32 @@ def test_qat_checkpoint_loads_as_float_and_with_its_quantizers(qat_runs, tiny_ch
 
 
 def test_qat_exports_through_fan_export(qat_runs, synthetic_faces, tmp_path):
+    """A QAT checkpoint exports like any other: each target's calibrated recipe quantizes its fine-tuned weights
+    (measured better than NNCF's trained quantizers), so its artifacts are those of the same weights without the
+    quantizers file beside them."""
     pytest.importorskip("openvino")
     from fan_edge.export import export_model
-    from fan_edge.quantize.qat import load_qat
-    from fan_edge.runtime.session import LandmarkSession
+    from fan_edge.quantize.qat import qat_path
 
     straight, _ = qat_runs
     ckpt = straight / "final.safetensors"
+    assert qat_path(ckpt).exists()
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for suffix in (".safetensors", ".json"):  # the same weights and card, no quantizers file
+        (bare / f"final{suffix}").write_bytes((straight / f"final{suffix}").read_bytes())
     loose = {"int8": 1e9}
-    results = export_model(str(ckpt), "onnx,openvino", "int8", calib=synthetic_faces, calib_faces=3, verify=synthetic_faces,
-                           verify_faces=3, output=tmp_path, tolerances=loose)
+    common = dict(calib=synthetic_faces, calib_faces=3, verify=synthetic_faces, verify_faces=3, tolerances=loose)
+    results = export_model(str(ckpt), "onnx,openvino", "int8", output=tmp_path / "qat", **common)
+    plain = export_model(str(bare / "final.safetensors"), "onnx,openvino", "int8", output=tmp_path / "plain", **common)
     assert [r.status for r in results] == ["ok", "ok"]
-    images = FaceCrops(synthetic_faces, 128, count=3, seed=1).load()["images"]
-    with torch.no_grad():
-        fq = load_qat(ckpt)(torch.from_numpy(images)).numpy()
-        plain = create_model(str(ckpt)).eval()(torch.from_numpy(images)).numpy()
-    ov_result = next(r for r in results if r.target == "openvino")
-    with LandmarkSession(ov_result.path, threads=1) as session:
-        heatmaps = session.run_crops(images).heatmaps
-    # OpenVINO runs the trained quantizers: one FakeQuantize per activation quantizer, int8 weights, and the
-    # fake-quantized model's error (rounding draws differ, the size does not).
+    for r, p in zip(results, plain):  # the same quantized network (the names in the embedded contracts differ)
+        assert r.parity.max_heatmap_diff == pytest.approx(p.parity.max_heatmap_diff, abs=1e-6)
+        assert r.parity.nme_export == pytest.approx(p.parity.nme_export, abs=1e-6)
     import openvino as ov
-    from nncf.torch.function_hook.wrapper import get_hook_storage
 
-    graph = ov.Core().read_model(str(ov_result.path))
-    activations = [n for n, _ in get_hook_storage(load_qat(ckpt)).named_hooks() if n.startswith("post_hooks")]
-    assert sum(op.get_type_name() == "FakeQuantize" for op in graph.get_ops()) == len(activations)
-    assert any(str(op.get_output_element_type(0)) == "<Type: 'int8_t'>" for op in graph.get_ops() if op.get_type_name() == "Constant")
-    fq_error, ov_error = np.abs(fq - plain).mean(), np.abs(heatmaps - plain).mean()
-    assert 0.5 < ov_error / fq_error < 2.0
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(results[1].path)).get_ops()]
+    assert "FakeQuantize" in ops  # OpenVINO's own post-training placement, on the fine-tuned weights
 
 
 # ---- the compression report ---------------------------------------------------------------------------

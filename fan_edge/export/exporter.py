@@ -241,9 +241,10 @@ def export_model(
     "failed accuracy"; callers decide the exit code (``fan-export`` exits 1).
 
     int8 (:mod:`fan_edge.export.int8`): ``int8_float`` (PyTorch module-name
-    patterns) replaces the layers each target's recipe keeps float; a
-    checkpoint written by ``fan-quantize --qat`` brings its quantizers
-    (:func:`fan_edge.quantize.qat.load_qat`).
+    patterns) replaces the layers each target's recipe keeps float. A
+    checkpoint written by ``fan-quantize --qat`` is quantized like any other:
+    every target's own calibrated recipe places the quantizers better than
+    NNCF's trained ones (docs/quantization.md); QAT's gain is in the weights.
     """
     say = log or (lambda msg: None)
     targets = [TARGETS[t] for t in _split(target, "target", list(TARGETS))]
@@ -270,11 +271,6 @@ def export_model(
     net, name, card = resolve_model(model, trust, input_size)
     cfg = net.config
     calibration = None
-    qat = None
-    if any(p == "int8" for _, p in combos) and "nncf" in {pkg for t, _ in combos for pkg in t.packages}:
-        from ..quantize.qat import load_qat
-
-        qat = load_qat(model)
     if any(p == "int8" and t.int8_needs_calibration for t, p in combos):
         if calib is None:
             raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
@@ -291,7 +287,7 @@ def export_model(
         sidecar = sidecar_path(out)
         with Staging(out) as staging:
             job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared,
-                            int8_float=None if int8_float is None else tuple(int8_float), qat=qat)
+                            int8_float=None if int8_float is None else tuple(int8_float))
             files = list(_exporter(t)(job))
             contract = job.contract  # the target may have refined it (layout, I/O quantization)
             staging.path(sidecar).write_text(contract.to_json(indent=2) + "\n")

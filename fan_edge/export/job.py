@@ -37,7 +37,5 @@ class ExportJob:
     staging: Staging
     calibration: FaceCrops | None = None
     shared: dict[str, Any] = field(default_factory=dict)
-    # int8 only (fan_edge.export.int8): layer patterns kept float (None: the target's recipe), and the fake-quantized
-    # model of a quantization-aware-trained checkpoint (fan_edge.quantize.qat.load_qat), None for post-training.
+    # int8 only (fan_edge.export.int8): layer patterns kept float (None: the target's recipe).
     int8_float: tuple[str, ...] | None = None
-    qat: Any = None

@@ -13,8 +13,8 @@ same graphs):
    with FAN's recipe of :mod:`fan_edge.export.int8` (ranges: per-face
    extremes averaged; the layers it keeps float excluded). A
    quantization-aware-trained checkpoint takes the same route with its
-   fine-tuned weights (measured faster here than NNCF's own QDQ graph,
-   :func:`fan_edge.quantize.qat.to_qdq_onnx`, which quantizes every add).
+   fine-tuned weights (measured as accurate as, and faster than, NNCF's own
+   QDQ graph, which quantizes every add).
 3. ``outputs="landmarks"``: :func:`fp32_head` (the decoding of
    :mod:`fan_edge.export.landmarks`, exported alone) is merged after the
    converted or quantized network, so it is never quantized nor halved: it
