@@ -8,7 +8,9 @@ Pipeline (each step a function over flatbuffer bytes):
    computes channels-last inside; an NCHW input would only add a transpose),
    and returns ``heatmaps`` (N, K, S/4, S/4) as every target does. The
    contract records ``layout="NHWC"``; :class:`~fan_edge.runtime.session.LandmarkSession`
-   transposes its crops.
+   transposes its crops. Every BatchNorm is first rewritten as the 1x1
+   depthwise convolution it is (:mod:`fan_edge.export.batchnorm`): one
+   TFLite op instead of four.
 2. precision, with ai-edge-quantizer on the converted flatbuffer:
 
    - fp16: convolution weights stored float16 and dequantized at load
@@ -24,8 +26,9 @@ Pipeline (each step a function over flatbuffer bytes):
      tensors' own parameters.
 
    Quantizing the converted graph, where each BatchNorm is already its own
-   MUL/ADD (FAN's BN is pre-activation and folds into no convolution), never
-   meets litert-torch's PT2E conv-BN fusion, which folds a BN into a
+   op (FAN's BN is pre-activation and folds into no convolution; step 1
+   writes it as a 1x1 depthwise convolution), never meets litert-torch's PT2E
+   conv-BN fusion, which folds a BN into a
    convolution whose output also feeds FAN's block concat and makes the int8
    model output garbage (docs/export.md, "TFLite and Core ML").
 3. ``outputs="landmarks"``: :func:`fp32_head` (the decoding of
