@@ -267,7 +267,8 @@ def _spec_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
             "reference_scale", "center_shift", "max_minutes") else int if f.name == "max_batches" else str)
         if f.name == "init":
             parser.add_argument(flag, default=None, metavar="CKPT",
-                                help="start from this checkpoint's weights (same width; extra stacks copy its last stack)")
+                                help="start from this checkpoint's or zoo model's weights (same width; any input size; "
+                                     "extra stacks copy its last stack)")
             continue
         parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
 
