@@ -58,6 +58,12 @@ def read_folder(root: str | os.PathLike[str], require_points: bool = True) -> tu
     return items, [None if item.pts is None else read_pts(item.pts) for item in items]
 
 
+def _resize_affine(size: int, new_size: int) -> np.ndarray:
+    """Crop pixels at ``size`` to the same crop at ``new_size`` (pixel centres kept, as in :func:`crop_matrix`)."""
+    r = new_size / size
+    return np.array([[r, 0.0, (r - 1) / 2], [0.0, r, (r - 1) / 2]])
+
+
 class FaceFolder:
     """Faces of a folder as network inputs, heatmap targets and ground truth.
 
@@ -78,6 +84,7 @@ class FaceFolder:
         seed: int = 0,
         require_points: bool = True,
         with_heatmaps: bool = True,
+        teacher_size: int | None = None,
     ) -> None:
         self.items, self._points = read_folder(root, require_points)  # bad files fail here; each .pts is parsed once
         self.input_size = input_size
@@ -87,6 +94,8 @@ class FaceFolder:
         self.seed = seed
         self.epoch = 0
         self.with_heatmaps = with_heatmaps
+        # A distillation teacher at another resolution gets its own view (see __getitem__).
+        self.teacher_size = teacher_size if teacher_size != input_size else None
         self._photometric = Photometric(augment) if augment is not None else None
         # Boxes for faces without .pts (e.g. from a teacher or a detector), by item index.
         self.boxes: dict[int, np.ndarray] = {}
@@ -123,6 +132,13 @@ class FaceFolder:
             similarity, flipped = random_similarity(rng, self.input_size, self.augment)
             matrix = compose_affine(similarity, matrix)
         crop = warp_image(image, matrix, self.input_size)
+        teacher_crop = None
+        if self.teacher_size is not None:
+            # The same geometric view cut from the source at the teacher's own resolution: a student crop
+            # resampled up would lack the detail the teacher was trained on. It skips the photometric changes,
+            # so the teacher labels the face rather than an occluder.
+            teacher_crop = warp_image(image, compose_affine(_resize_affine(self.input_size, self.teacher_size), matrix),
+                                      self.teacher_size)
         if self._photometric is not None and rng is not None:
             crop = self._photometric(crop, int(rng.integers(2**31)))
         sample: dict[str, np.ndarray] = {
@@ -131,6 +147,8 @@ class FaceFolder:
             "index": np.int64(index),
             "has_points": np.bool_(has_points),
         }
+        if teacher_crop is not None:
+            sample["teacher_image"] = to_network_input(teacher_crop[None])[0]
         k = 68 if points is None else len(points)
         crop_points = np.zeros((k, 2))
         if points is not None:

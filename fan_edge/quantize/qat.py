@@ -378,7 +378,7 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
             raise CheckpointError(f"{last}: its weights do not fit its quantized model ({_first_line(exc)})") from None
         base_figures, init_figures = state["base_figures"], state["init_figures"]
 
-    dataset = _datasets(ts, model, require_points=True)
+    dataset = _datasets(ts, model, require_points=True, teacher_size=None if teacher is None else teacher.config.input_size)
     optimizer = _optimizer(ts, model)
     if state is not None:
         load_optimizer_state(optimizer, state["optimizer"], last)
@@ -418,7 +418,7 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
                 loss = stacked_loss(outputs, batch["heatmaps"], ts.loss, weights)
                 if teacher is not None:
                     with torch.no_grad():
-                        soft = teacher_heatmaps(teacher, images, outputs[-1].shape[-1])
+                        soft = teacher_heatmaps(teacher, batch.get("teacher_image", images), outputs[-1].shape[-1])
                     loss = ts.distill_weight * stacked_loss(outputs, soft, ts.loss, weights) + (1 - ts.distill_weight) * loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

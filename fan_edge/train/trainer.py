@@ -115,7 +115,7 @@ def build_model(spec: TrainSpec) -> FAN:
     return model
 
 
-def _datasets(spec: TrainSpec, model: FAN, require_points: bool) -> ConcatFaces:
+def _datasets(spec: TrainSpec, model: FAN, require_points: bool, teacher_size: int | None = None) -> ConcatFaces:
     if not spec.data:
         raise DataError("no training data: give at least one --data folder")
     augment = AugmentSpec(
@@ -127,7 +127,8 @@ def _datasets(spec: TrainSpec, model: FAN, require_points: bool) -> ConcatFaces:
         occlusion=spec.occlusion,
     )
     parts = [
-        FaceFolder(d, model.config.input_size, model.config.crop, augment, spec.sigma, spec.seed, require_points=require_points)
+        FaceFolder(d, model.config.input_size, model.config.crop, augment, spec.sigma, spec.seed, require_points=require_points,
+                   teacher_size=teacher_size)
         for d in spec.data
     ]
     return ConcatFaces(parts)
@@ -214,7 +215,8 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
             )
     model.to(dist.device)
     model.train()
-    dataset = _datasets(spec, model, require_points=teacher is None)
+    dataset = _datasets(spec, model, require_points=teacher is None,
+                        teacher_size=None if teacher is None else teacher.config.input_size)
     if spec.val is not None:
         read_folder(spec.val)  # a bad --val is a one-line error now, not after the first epoch
     if teacher is not None:
@@ -271,7 +273,8 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
                 mask = batch["has_points"].to(dist.device).float()
                 if teacher is not None:
                     with torch.no_grad():
-                        soft = teacher_heatmaps(teacher, images, outputs[-1].shape[-1])
+                        view = batch["teacher_image"].to(dist.device, non_blocking=True) if "teacher_image" in batch else images
+                        soft = teacher_heatmaps(teacher, view, outputs[-1].shape[-1])
                     loss = spec.distill_weight * stacked_loss(outputs, soft, spec.loss, weights)
                     if mask.sum() > 0:
                         loss = loss + (1 - spec.distill_weight) * stacked_loss(outputs, target, spec.loss, weights, mask)
@@ -330,10 +333,12 @@ def teacher_heatmaps(teacher: FAN, images: torch.Tensor, size: int) -> torch.Ten
     """The teacher's heatmaps for the student's crops, on the student's heatmap grid.
 
     A student at another input size sees the same crop window at another
-    resolution: the teacher gets it resampled to its own size (bilinear with
-    pixel centres kept, ``align_corners=False``), and its heatmaps are
-    area-resampled to the student's grid, which for a 2x ratio puts each
-    student cell exactly at the mean of the two teacher cells it covers.
+    resolution. The training data cuts the teacher its own view at its own
+    size (``FaceFolder(teacher_size=...)``); crops at any other size are
+    resampled to it here (bilinear with pixel centres kept,
+    ``align_corners=False``). Its heatmaps are area-resampled to the student's
+    grid, which for a 2x ratio puts each student cell exactly at the mean of
+    the two teacher cells it covers.
     """
     s = teacher.config.input_size
     if images.shape[-1] != s:
