@@ -56,18 +56,15 @@ def resolve_artifact(model: str, backend: str = "auto", trust: bool = False, log
     if backend not in CACHE_TARGETS:
         raise ConfigError(f"unknown backend {backend!r}; expected one of: {', '.join(CACHE_TARGETS)}")
     from .export import export_model
-    from .models import get_entry
-    from .models.factory import _looks_like_path
+    from .models.factory import trained_weights_file
 
-    if _looks_like_path(model):
+    weights = trained_weights_file(model)
+    if weights == path:
         if not path.is_file():
             raise ConfigError(f"{model}: no such checkpoint or artifact")
-        weights, stem = path, re.sub(r"(\.pth)?\.(tar|pth|pt|safetensors|zip|bin)$", "", path.name)
+        stem = re.sub(r"(\.pth)?\.(tar|pth|pt|safetensors|zip|bin)$", "", path.name)
     else:
-        entry = get_entry(model)
-        if not entry.trained or entry.weights_path is None:
-            raise ConfigError(f"model {model!r} has no trained weights; pass a checkpoint or an exported artifact")
-        weights, stem = entry.weights_path, Path(entry.weights).stem if entry.weights else model
+        stem = weights.stem
     target = CACHE_TARGETS[backend]
     key = hashlib.sha256(f"{_sha256(weights)} {__version__} {target}".encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "model"

@@ -28,6 +28,7 @@ from fan_edge.runtime.crop import (
     crop_matrices,
     crop_matrix,
     invert_affine,
+    resize_matrix,
     warp_image,
 )
 from fan_edge.runtime.decode import (
@@ -109,6 +110,15 @@ def test_crop_matrices_stack_matches_single_and_empty():
     for b, m in zip(boxes, stack):
         np.testing.assert_array_equal(m, crop_matrix(b, 192, CropSpec()))
     assert crop_matrices(np.zeros((0, 4)), 192, CropSpec()).shape == (0, 2, 3)
+
+
+@pytest.mark.parametrize("size, new_size", [(64, 128), (128, 256), (256, 128), (128, 192)])
+def test_resize_matrix_recuts_the_same_window(size, new_size):
+    """A crop re-cut at another size through resize_matrix is the crop made at that size directly."""
+    for box in BOXES:
+        for spec in (CropSpec(), CropSpec(reference_scale=280.0, center_shift=0.0)):
+            np.testing.assert_allclose(compose_affine(resize_matrix(size, new_size), crop_matrix(np.array(box), size, spec)),
+                                       crop_matrix(np.array(box), new_size, spec), atol=1e-9)
 
 
 # --------------------------------------------------------------------------- affine helpers

@@ -210,20 +210,21 @@ def test_distill_refuses_a_teacher_with_another_crop(faces: Path, tmp_path: Path
 
 def test_init_takes_a_zoo_name_and_refuses_an_untrained_one(tmp_path: Path):
     """--init default starts from the bundled weights (at another input size too); a bare architecture name is refused."""
-    from fan_edge.errors import CheckpointError
+    from fan_edge.errors import ConfigError
+    from fan_edge.models.factory import trained_weights_file
     from fan_edge.models.registry import get_entry
-    from fan_edge.train.warm_start import init_weights_file, warm_start
+    from fan_edge.train.warm_start import warm_start
 
     entry = get_entry("default")
     if not entry.trained:
         pytest.skip("this checkout bundles no trained default")
-    assert init_weights_file("default") == str(entry.weights_path)
+    assert trained_weights_file("default") == entry.weights_path
     wide = create_model(entry.config.replace(input_size=2 * entry.config.input_size), weights=False)
     warm_start(wide, "default")
     torch.testing.assert_close(wide.state_dict()["conv1.weight"], create_model("default").state_dict()["conv1.weight"])
     for bad in ("fan2-w32-i128", "no-such-model", str(tmp_path / "missing")):
-        with pytest.raises(CheckpointError, match="no such file"):
-            init_weights_file(bad)
+        with pytest.raises(ConfigError, match="no trained weights"):
+            warm_start(create_model("fan2-w32-i128", weights=False), bad)
 
 
 def test_a_larger_teacher_gets_its_own_view_of_the_same_crop(faces: Path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..runtime.crop import CropSpec, apply_affine, compose_affine, crop_matrix, warp_image
+from ..runtime.crop import CropSpec, apply_affine, compose_affine, crop_matrix, resize_matrix, warp_image
 from ..runtime.image import to_network_input
 from .augment import AugmentSpec, Photometric, mirror_points, random_similarity
 from .heatmaps import gaussian_heatmaps
@@ -56,12 +56,6 @@ def read_folder(root: str | os.PathLike[str], require_points: bool = True) -> tu
     for item in items:
         check_image_file(item.image)
     return items, [None if item.pts is None else read_pts(item.pts) for item in items]
-
-
-def _resize_affine(size: int, new_size: int) -> np.ndarray:
-    """Crop pixels at ``size`` to the same crop at ``new_size`` (pixel centres kept, as in :func:`crop_matrix`)."""
-    r = new_size / size
-    return np.array([[r, 0.0, (r - 1) / 2], [0.0, r, (r - 1) / 2]])
 
 
 class FaceFolder:
@@ -137,7 +131,7 @@ class FaceFolder:
             # The same geometric view cut from the source at the teacher's own resolution: a student crop
             # resampled up would lack the detail the teacher was trained on. It skips the photometric changes,
             # so the teacher labels the face rather than an occluder.
-            teacher_crop = warp_image(image, compose_affine(_resize_affine(self.input_size, self.teacher_size), matrix),
+            teacher_crop = warp_image(image, compose_affine(resize_matrix(self.input_size, self.teacher_size), matrix),
                                       self.teacher_size)
         if self._photometric is not None and rng is not None:
             crop = self._photometric(crop, int(rng.integers(2**31)))

@@ -16,6 +16,25 @@ def _looks_like_path(name: str) -> bool:
     return Path(name).suffix in {".safetensors", ".pth", ".tar", ".pt", ".zip", ".bin"} or Path(name).is_file()
 
 
+def trained_weights_file(name: str) -> Path:
+    """The weights file behind a model argument: a checkpoint path as given, or a zoo name's bundled weights.
+
+    For commands that need trained weights (a warm start, an export for the
+    runtime): an architecture name has none, and building from noise instead
+    would fail silently, so it is refused. A path is returned unchecked; its
+    reader reports a missing or unreadable file.
+    """
+    if _looks_like_path(name):
+        return Path(name)
+    try:
+        entry = get_entry(name)
+    except ConfigError:
+        entry = None
+    if entry is None or entry.weights_path is None or not entry.trained:
+        raise ConfigError(f"{name}: no such file, and no trained weights under that name (fan-edge models lists the zoo)")
+    return entry.weights_path
+
+
 def create_model(
     name_or_config: str | Path | FANConfig,
     weights: str | Path | None | Literal[False] = None,

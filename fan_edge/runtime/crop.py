@@ -79,6 +79,17 @@ def crop_matrix(box: np.ndarray, input_size: int, spec: CropSpec) -> np.ndarray:
     )
 
 
+def resize_matrix(size: int, new_size: int) -> np.ndarray:
+    """2x3 affine from a crop at ``size`` to the same window at ``new_size``.
+
+    Pixel centres are kept, as :func:`crop_matrix` keeps them, so
+    ``crop_matrix(box, new_size) == compose_affine(resize_matrix(size, new_size), crop_matrix(box, size))``:
+    an augmented view can be cut again at another resolution.
+    """
+    r = new_size / size
+    return np.array([[r, 0.0, (r - 1) / 2], [0.0, r, (r - 1) / 2]])
+
+
 def crop_matrices(boxes: np.ndarray, input_size: int, spec: CropSpec) -> np.ndarray:
     """(N, 2, 3) crop matrices for (N, 4) boxes."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

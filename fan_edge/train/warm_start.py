@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from ..models.checkpoints import _STACK_KEY, load_weights, read_checkpoint
-from ..models.factory import _looks_like_path
+from ..models.factory import trained_weights_file
 from ..models.fan import FAN
-from ..models.registry import get_entry
 
 
 def _stack_count(state_dict: dict[str, torch.Tensor]) -> int:
@@ -51,26 +50,8 @@ def grow_stacks(state_dict: dict[str, torch.Tensor], stacks: int) -> dict[str, t
     return grown
 
 
-def init_weights_file(source: str) -> str:
-    """The file behind ``--init``: a checkpoint path, or a zoo name's bundled weights.
-
-    A zoo name is what a user types everywhere else (``--model``, ``--teacher``);
-    an architecture name has no weights to start from, so it is refused rather
-    than silently starting from noise.
-    """
-    if _looks_like_path(source):
-        return source
-    try:
-        entry = get_entry(source)
-    except ConfigError:
-        entry = None
-    if entry is None or not entry.trained:
-        raise CheckpointError(f"{source}: no such file, and not a zoo model with bundled weights")
-    return str(entry.weights_path)
-
-
 def warm_start(model: FAN, path: str, trust: bool = False) -> FAN:
     """Load ``path``'s weights (a checkpoint or a zoo name) into ``model`` (same width), growing or truncating the stacks to fit."""
-    checkpoint = read_checkpoint(init_weights_file(path), trust=trust)
+    checkpoint = read_checkpoint(trained_weights_file(path), trust=trust)
     load_weights(model, grow_stacks(checkpoint.state_dict, model.config.stacks))
     return model
