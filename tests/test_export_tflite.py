@@ -15,7 +15,7 @@ pytest.importorskip("ai_edge_quantizer", reason="TFLite fp16/int8 need ai-edge-q
 from ai_edge_litert.tools import flatbuffer_utils  # noqa: E402
 
 from fan_edge.cli import export_main  # noqa: E402
-from fan_edge.errors import BackendError  # noqa: E402
+from fan_edge.errors import BackendError, ExportError  # noqa: E402
 from fan_edge.export import export_model  # noqa: E402
 from fan_edge.export import tflite_export  # noqa: E402
 from fan_edge.runtime.contract import METADATA_KEY, ModelContract, sidecar_path  # noqa: E402
@@ -73,12 +73,38 @@ def test_each_precision_exports_embeds_its_contract_and_runs(tflite_exported, pr
         assert io["input"]["scale"] == pytest.approx(1 / 255, rel=0.05)
     else:
         assert types <= {FLOAT32, INT32}
+    assert embedded.batch == 1
     with LandmarkSession(r.path, threads=1) as session:
-        assert session.backend.name == "litert" and session.fixed_batch is None
-        assert session.backend.inputs[0].shape == (None, 128, 128, 3)
-        for n in (1, 3):  # dynamic batch: one call for any number of faces
+        assert session.backend.name == "litert" and session.fixed_batch == 1
+        assert session.backend.inputs[0].shape == (1, 128, 128, 3)
+        for n in (1, 3):  # static batch 1: the session runs a batch face by face
             out = session.run_crops(np.random.default_rng(n).random((n, 3, 128, 128), dtype=np.float32))
             assert out.heatmaps.shape == (n, 68, 32, 32) and out.heatmaps.dtype == np.float32 and out.points.shape == (n, 68, 2)
+
+
+@pytest.mark.parametrize("key", [("fp32", "heatmaps"), ("fp16", "heatmaps"), ("int8", "heatmaps"), ("fp32", "landmarks"), ("int8", "landmarks")])
+def test_every_activation_has_the_declared_batch(tflite_exported, key):
+    """NPU compilers (Qualcomm's, Arm's Vela) reject a graph with a batch other than its input's in any tensor."""
+    from fan_edge.export.tflite_export import batch_mismatches
+
+    r = tflite_exported[key]
+    data = r.path.read_bytes()
+    assert r.contract.batch == 1 and batch_mismatches(data, 1) == []
+    live = [t for t in flatbuffer_utils.read_model(str(r.path)).subgraphs[0].tensors if t.shape is not None and len(t.shape) == 4]
+    assert len(live) > 10 and batch_mismatches(data, 2)  # the check sees the activations
+
+
+def test_static_batch_check_catches_a_stray_batch(tflite_exported):
+    from fan_edge.export.tflite_export import batch_mismatches, check_static_batch, read_model, write_model
+
+    model = read_model(tflite_exported[("fp32", "heatmaps")].path.read_bytes())
+    sub = model.subgraphs[0]
+    out = sub.operators[0].outputs[0]
+    sub.tensors[out].shape = [2, *list(sub.tensors[out].shape)[1:]]  # what a dynamic-batch conversion left behind
+    data = write_model(model)
+    assert len(batch_mismatches(data, 1)) == 1
+    with pytest.raises(ExportError, match="do not have batch 1"):
+        check_static_batch(data)
 
 
 def test_fp32_matches_pytorch(tflite_exported):

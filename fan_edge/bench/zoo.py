@@ -8,7 +8,6 @@ evaluation, times them, and writes weights and card into the package.
 from __future__ import annotations
 
 import json
-import platform
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,8 @@ from ..errors import ConfigError
 from ..models import count_macs, count_parameters, create_model, read_checkpoint, save_checkpoint
 from ..models.registry import WEIGHTS_PACKAGE, _NAME
 from .evaluate import evaluate_model
+from ..runtime.cpu import cpu_name
 from .latency import torch_latency
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure_card(checkpoint: str | Path, data: str | Path, threads: int = 2) -> dict[str, Any]:

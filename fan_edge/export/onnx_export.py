@@ -31,6 +31,7 @@ import logging
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,9 @@ def _quiet():
             lg.setLevel(level)
 
 
-def torch_to_onnx(module: Any, example: Any, input_name: str, output_names: list[str]):
-    """Export ``module(example)`` with a dynamic batch axis; the ModelProto, simplified and checked."""
+def torch_to_onnx(module: Any, example: Any, input_name: str, output_names: list[str], dynamic_batch: bool = True):
+    """Export ``module(example)`` with a dynamic batch axis (or ``example``'s batch, static, everywhere); the
+    ModelProto, simplified and checked."""
     import onnx
     import onnxslim
     import torch
@@ -77,7 +79,7 @@ def torch_to_onnx(module: Any, example: Any, input_name: str, output_names: list
                 opset_version=OPSET,
                 input_names=[input_name],
                 output_names=output_names,
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=({0: batch},) if dynamic_batch else None,
                 verbose=False,
             )
         except Exception as exc:
@@ -97,13 +99,15 @@ def _cached(job: ExportJob, key: str, build) -> Any:
 
 
 def fp32_backbone(job: ExportJob):
-    """The FAN (heatmaps out) as fp32 ONNX; built once per export call and shared by the targets."""
+    """The FAN (heatmaps out) as fp32 ONNX, with a dynamic batch axis or ``job.batch`` fixed in every tensor (what an
+    NPU compiler needs); built once per export call and batch, and shared by the targets."""
     import torch
 
     model = job.model.eval()
     s = model.config.input_size
-    example = torch.rand(2, 3, s, s, generator=torch.Generator().manual_seed(0))
-    return _cached(job, "onnx.fp32_backbone", lambda: torch_to_onnx(model, example, INPUT_NAME, [HEATMAPS_NAME]))
+    example = torch.rand(job.batch or 2, 3, s, s, generator=torch.Generator().manual_seed(0))
+    build = lambda: torch_to_onnx(model, example, INPUT_NAME, [HEATMAPS_NAME], dynamic_batch=job.batch is None)  # noqa: E731
+    return _cached(job, f"onnx.fp32_backbone.{job.batch}", build)
 
 
 def fp32_head(job: ExportJob):
@@ -114,9 +118,10 @@ def fp32_head(job: ExportJob):
 
     cfg = job.model.config
     head = LandmarkHead(cfg.input_size, cfg.heatmap_size, cfg.refine).eval()
-    example = torch.rand(2, cfg.num_landmarks, cfg.heatmap_size, cfg.heatmap_size, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(job.batch or 2, cfg.num_landmarks, cfg.heatmap_size, cfg.heatmap_size, generator=torch.Generator().manual_seed(0))
     names = list(job.contract.output_names)
-    return _cached(job, f"onnx.fp32_head.{cfg.refine}", lambda: torch_to_onnx(head, example, HEATMAPS_NAME, names))
+    build = lambda: torch_to_onnx(head, example, HEATMAPS_NAME, names, dynamic_batch=job.batch is None)  # noqa: E731
+    return _cached(job, f"onnx.fp32_head.{cfg.refine}.{job.batch}", build)
 
 
 def to_fp16(proto):
@@ -128,37 +133,74 @@ def to_fp16(proto):
         return float16.convert_float_to_float16(proto, keep_io_types=True)
 
 
-def to_int8(proto, calibration, workdir: Path, keep_float: tuple[str, ...] | None = None):
-    """Static QDQ quantization of the convolutions: per-channel QInt8 weights, QUInt8 activations whose ranges are the
-    mean of per-face minima and maxima (MinMax with ``CalibMovingAverage`` over one face per sample); the convolutions
-    whose module names match ``keep_float`` (default: :data:`fan_edge.export.int8.FLOAT_LAYERS`) stay float."""
+@dataclass(frozen=True)
+class OnnxInt8Recipe:
+    """FAN's ONNX Runtime static int8, as one object (turned into ONNX Runtime's own ``StaticQuantConfig``).
+
+    - QDQ, convolutions only, weights int8 per output channel, activations
+      uint8 per tensor: U8S8 is ONNX Runtime's fast x86 combination (S8S8
+      and U8U8 run 2-3x slower, docs/export.md).
+    - ``reduce_range``: weights in 7 bits (-64..64). Without VNNI, x86
+      kernels add two uint8 x int8 products in a saturating 16-bit lane;
+      7-bit weights keep every such sum in range on every CPU
+      (:mod:`fan_edge.export.int8_overflow` checks the result), at a cost
+      within the int8 tolerance (docs/export.md has the measurement).
+    - ranges: the mean of per-face minima and maxima (MinMax with
+      ``CalibMovingAverage``, one face per sample: :mod:`fan_edge.export.int8`).
+    - ``keep_float``: module-name patterns whose convolutions stay float
+      (None: :data:`fan_edge.export.int8.FLOAT_LAYERS`).
+    """
+
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    reduce_range: bool = True
+    per_channel: bool = True
+    op_types: tuple[str, ...] = ("Conv",)
+    moving_average: bool = True
+    keep_float: tuple[str, ...] | None = None
+
+    def static_quant_config(self, proto, calibration):
+        """ONNX Runtime's ``StaticQuantConfig`` for ``proto`` (the pre-processed float graph) and its faces."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, StaticQuantConfig
+
+        patterns = float_layers("onnx", self.keep_float)
+        excluded = [n.name for n in proto.graph.node if n.op_type in self.op_types and len(n.input) > 1
+                    and is_float_conv_weight(n.input[1], patterns)]
+        return StaticQuantConfig(
+            calibration.onnxruntime_reader(INPUT_NAME),
+            calibrate_method=CalibrationMethod.MinMax,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType[self.activation_type],
+            weight_type=QuantType[self.weight_type],
+            op_types_to_quantize=list(self.op_types),
+            nodes_to_exclude=excluded,
+            per_channel=self.per_channel,
+            reduce_range=self.reduce_range,
+            extra_options={"CalibMovingAverage": self.moving_average},  # the mean over samples (faces) of each one's min and max
+        )
+
+
+def to_int8(proto, calibration, workdir: Path, recipe: OnnxInt8Recipe | None = None):
+    """Static QDQ quantization by ``recipe`` (default :class:`OnnxInt8Recipe`), refused if the result could
+    saturate 16-bit sums on a CPU without VNNI."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import quantize
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .int8_overflow import check_u8s8_overflow
 
     if calibration is None:
         raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
+    recipe = recipe or OnnxInt8Recipe()
     fp32_path, pre_path, out_path = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
     onnx.save(proto, str(fp32_path))
     with _quiet():
         quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=True)
-        pre = onnx.load(str(pre_path))
-        patterns = float_layers("onnx", keep_float)
-        excluded = [n.name for n in pre.graph.node if n.op_type == "Conv" and len(n.input) > 1 and is_float_conv_weight(n.input[1], patterns)]
-        quantize_static(
-            str(pre_path),
-            str(out_path),
-            calibration.onnxruntime_reader(INPUT_NAME),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"],
-            nodes_to_exclude=excluded,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"CalibMovingAverage": True},  # the mean over samples (faces) of each one's min and max
-        )
-    return onnx.load(str(out_path))
+        config = recipe.static_quant_config(onnx.load(str(pre_path)), calibration)
+        quantize(str(pre_path), str(out_path), config)
+    quantized = onnx.load(str(out_path))
+    check_u8s8_overflow(quantized)
+    return quantized
 
 
 def _prefix_internal(model, prefix: str):
@@ -225,7 +267,7 @@ def build_onnx(job: ExportJob):
         proto = to_fp16(proto)
     elif job.precision == "int8":
         with tempfile.TemporaryDirectory(prefix="fan-export-int8-", dir=job.staging.folder) as tmp:  # swept with the staging
-            proto = to_int8(proto, job.calibration, Path(tmp), job.int8_float)
+            proto = to_int8(proto, job.calibration, Path(tmp), OnnxInt8Recipe(keep_float=job.int8_float))
     if job.outputs == "landmarks":
         proto = attach_head(proto, fp32_head(job))
     proto = embed_contract(proto, job.contract)

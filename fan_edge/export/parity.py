@@ -20,7 +20,7 @@ An export passes when |ΔNME| is within :data:`TOLERANCES` for its precision
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 from ..calibration import FaceCrops
 from ..data.metrics import per_face_nme
 from ..runtime.contract import read_sidecar
+from ..runtime.cpu import cpu_record
 from ..runtime.decode import crop_points_to_image, decode_heatmaps
 from ..runtime.session import LandmarkSession
 from .metadata import HEATMAPS_NAME
@@ -52,9 +53,18 @@ class ParityReport:
     decode_px: float | None
     tolerance: float
     passed: bool
+    # The CPU it ran on (fan_edge.runtime.cpu.cpu_record): int8 results depend on its instruction set.
+    cpu: dict[str, Any] = field(default_factory=cpu_record)
+    backend_device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    @property
+    def cpu_label(self) -> str:
+        """The CPU as one line (name and int8 instruction sets)."""
+        isa = ", ".join(self.cpu.get("isa") or []) or "no int8 extensions reported"
+        return f"{self.cpu.get('name', '?')} ({isa})" + (f" [{self.cpu['note']}]" if self.cpu.get("note") else "")
 
     @property
     def failure(self) -> str:
@@ -86,6 +96,7 @@ def verify_artifact(
     backend: str = "auto",
     batch_size: int = 16,
     tolerance: float | None = None,
+    device: str = "auto",
 ) -> ParityReport:
     """Compare ``artifact`` with ``model`` on ``faces``; see the module docstring."""
     data = faces.load()
@@ -97,7 +108,7 @@ def verify_artifact(
     contract = read_sidecar(artifact) or LandmarkSession(artifact, backend=backend).contract
     landmarks = contract.outputs == "landmarks"
     # The accuracy is measured through the session an app opens (no extra outputs: the backend's fast path).
-    session = LandmarkSession(artifact, backend=backend, contract=contract)
+    session = LandmarkSession(artifact, backend=backend, device=device, contract=contract)
     points, heatmaps = [], []
     for start in range(0, len(images), batch_size):
         result = session.run_crops(images[start : start + batch_size])
@@ -105,6 +116,7 @@ def verify_artifact(
         if result.heatmaps is not None:
             heatmaps.append(result.heatmaps)
     session.close()
+    device = session.device
     pts = np.concatenate(points)
 
     c = session.contract
@@ -140,4 +152,5 @@ def verify_artifact(
         decode_px=decode_px,
         tolerance=tol,
         passed=passed,
+        backend_device=device,
     )

@@ -2,8 +2,12 @@
 
 Pipeline (each step a function over flatbuffer bytes):
 
-1. :func:`fp32_backbone`: litert-torch converts the FAN with a dynamic batch
-   axis. The signature ``serving_default`` takes ``input`` **NHWC**
+1. :func:`fp32_backbone`: litert-torch converts the FAN with a **static batch
+   of 1** (contract ``batch=1``). A dynamic batch axis left the example's
+   batch baked into hundreds of intermediate tensors, which LiteRT on the CPU
+   tolerates and every NPU compiler (Qualcomm's, Arm's Vela) rejects; an app
+   runs one face at a time anyway, and the session runs a batch face by face.
+   The signature ``serving_default`` takes ``input`` **NHWC**
    (N, S, S, 3), what a camera frame or bitmap already is (litert-torch
    computes channels-last inside; an NCHW input would only add a transpose),
    and returns ``heatmaps`` (N, K, S/4, S/4) as every target does. The
@@ -64,6 +68,7 @@ from .metadata import HEATMAPS_NAME, INPUT_NAME
 from .onnx_export import _quiet
 
 SIGNATURE = "serving_default"
+STATIC_BATCH = 1  # every tensor of every exported graph (see fp32_backbone)
 HEAD_PREFIX = "fan_edge_head/"
 MAX_BATCH = 4096
 
@@ -174,7 +179,7 @@ def _wrappers():
     return NetworkIO, HeadIO
 
 
-def torch_to_tflite(module: Any, example: Any, input_name: str, dynamic_batch: bool = True) -> bytes:
+def torch_to_tflite(module: Any, example: Any, input_name: str, dynamic_batch: bool = False) -> bytes:
     """Convert ``module(**{input_name: example})`` (with a dynamic batch axis unless told not to); the flatbuffer bytes."""
     import torch
 
@@ -206,9 +211,9 @@ def fp32_backbone(job: ExportJob) -> bytes:
     if key not in job.shared:
         network_io, _ = _wrappers()
         s = job.model.config.input_size
-        example = torch.rand(2, s, s, 3, generator=torch.Generator().manual_seed(0))
+        example = torch.rand(1, s, s, 3, generator=torch.Generator().manual_seed(0))
         network = batchnorms_as_depthwise(job.model)
-        job.shared[key] = torch_to_tflite(network_io(network, (HEATMAPS_NAME,)), example, INPUT_NAME)
+        job.shared[key] = torch_to_tflite(network_io(network, (HEATMAPS_NAME,)), example, INPUT_NAME, dynamic_batch=False)
     return job.shared[key]
 
 
@@ -223,9 +228,7 @@ def fp32_head(job: ExportJob) -> bytes:
     if key not in job.shared:
         _, head_io = _wrappers()
         head = LandmarkHead(cfg.input_size, cfg.heatmap_size, cfg.refine).eval()
-        # Batch 1, static: litert-torch 0.10 cannot lower the head with a dynamic batch (its JAX-bridged reductions lose
-        # the size, or the batch gets specialised and neighbour reads constant-folded: wrong landmarks). Every constant
-        # of the batch-1 head has batch 1 and broadcasts, so once attached the head follows the network's batch.
+        # Batch 1, static, as the network (see fp32_backbone).
         example = torch.rand(1, cfg.num_landmarks, cfg.heatmap_size, cfg.heatmap_size, generator=torch.Generator().manual_seed(0))
         job.shared[key] = torch_to_tflite(head_io(head, tuple(job.contract.output_names)), example, HEATMAPS_NAME, dynamic_batch=False)
     return job.shared[key]
@@ -371,7 +374,6 @@ def attach_head(body_data: bytes, head_data: bytes) -> bytes:
     body, head = read_model(body_data), read_model(head_data)
     bsub, bsig = _single_subgraph(body, "network")
     hsub, hsig = _single_subgraph(head, "decoding head")
-    _batch_free_reshapes(head, hsub)
     (b_out,) = bsub.outputs
     (h_in,) = hsub.inputs
     if bsub.tensors[b_out].type != schema.TensorType.FLOAT32:
@@ -417,31 +419,30 @@ def attach_head(body_data: bytes, head_data: bytes) -> bytes:
     return write_model(body)
 
 
-def _batch_free_reshapes(model, subgraph) -> None:
-    """Turn the batch-1 head's RESHAPEs to ``[-1, ...]`` so that it follows the network's batch size.
+def batch_mismatches(data: bytes, batch: int = STATIC_BATCH) -> list[str]:
+    """The activations of rank 4 (tensors computed from the graph's input, not weights nor their dequantized
+    copies) whose batch axis, in shape or shape signature, is not ``batch``."""
+    model = read_model(data)
+    bad = []
+    for subgraph in model.subgraphs:
+        live = set(subgraph.inputs or [])
+        for op in subgraph.operators:  # topological order
+            if any(i in live for i in (op.inputs if op.inputs is not None else [])):
+                live.update(int(o) for o in (op.outputs if op.outputs is not None else []))
+        for index in sorted(live):
+            tensor = subgraph.tensors[index]
+            for shape in (tensor.shape, tensor.shapeSignature):
+                if shape is not None and len(shape) == 4 and int(shape[0]) != batch:
+                    bad.append(f"{_text(tensor.name)} {list(map(int, shape))}")
+                    break
+    return bad
 
-    The head is converted with batch 1 (see :func:`fp32_head`); its element-wise
-    constants broadcast, but a RESHAPE stores its target shape, batch included.
-    """
-    from ai_edge_litert import schema_py_generated as schema
 
-    for op in subgraph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) != schema.BuiltinOperator.RESHAPE:
-            continue
-        if len(op.inputs) > 1 and op.inputs[1] >= 0:
-            shape_tensor = subgraph.tensors[op.inputs[1]]
-            buffer = model.buffers[shape_tensor.buffer]
-            if buffer.data is None or not len(buffer.data):
-                raise ExportError("a RESHAPE in the decoding head has a computed shape; cannot free its batch axis")
-            shape = np.frombuffer(bytes(buffer.data), dtype=np.int32).copy()
-            if shape.size == 0 or shape[0] not in (1, -1):
-                raise ExportError(f"a RESHAPE in the decoding head targets {shape.tolist()}; expected a batch of 1")
-            shape[0] = -1
-            buffer.data = np.frombuffer(shape.tobytes(), dtype=np.uint8)
-        options = op.builtinOptions
-        if isinstance(options, schema.ReshapeOptionsT) and options.newShape is not None and len(options.newShape):
-            options.newShape = [-1, *list(options.newShape)[1:]]
+def check_static_batch(data: bytes, batch: int = STATIC_BATCH) -> None:
+    """Refuse a graph with any 4-D activation whose batch is not ``batch`` (NPU compilers reject them)."""
+    bad = batch_mismatches(data, batch)
+    if bad:
+        raise ExportError(f"{len(bad)} tensors of the TFLite graph do not have batch {batch}, e.g. {bad[0]}")
 
 
 def io_quantization(data: bytes) -> dict[str, Any]:
@@ -513,7 +514,8 @@ def build_tflite(job: ExportJob) -> bytes:
     quantized = io_quantization(model)
     if quantized:
         extra["quantized_io"] = quantized
-    job.contract = job.contract.replace(layout="NHWC", extra=extra)
+    job.contract = job.contract.replace(layout="NHWC", batch=STATIC_BATCH, extra=extra)
+    check_static_batch(model, STATIC_BATCH)
     model = embed_contract(model, job.contract)
     _check_loads(model, job.contract)
     return model
