@@ -125,6 +125,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .export.portability import check_artifact
+
+    failed = 0
+    for path in args.artifact:
+        problems = check_artifact(path)
+        failed += bool(problems)
+        print(f"{path}: " + ("ok (no int8 16-bit overflow without VNNI, static batch as declared)" if not problems
+                             else f"{len(problems)} problems"))
+        for line in problems[: None if args.all else 10]:
+            print(f"  {line}")
+        if len(problems) > 10 and not args.all:
+            print(f"  ... {len(problems) - 10} more (--all)")
+    return 1 if failed else 0
+
+
 def _cmd_soak(args: argparse.Namespace) -> int:
     from .runtime.soak import run_from_args
 
@@ -232,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_predict)
 
     from .runtime.soak import add_arguments as soak_arguments
+
+    p = sub.add_parser("check", help="checks of an artifact that hold on every CPU: ONNX int8 sums that can saturate "
+                       "16 bits on x86 without VNNI, a static batch in every activation (exit 1 on a problem)")
+    p.add_argument("artifact", nargs="+", help=".onnx or .tflite")
+    p.add_argument("--all", action="store_true", help="list every problem, not the first ten")
+    p.set_defaults(handler=_cmd_check)
 
     p = sub.add_parser("soak", help="an artifact under many threads: every result against a sequential run, errors, memory "
                        "growth after warm-up (torch-free; python -m fan_edge.runtime.soak)")
@@ -420,10 +442,16 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8-float", action="append", metavar="LAYER",
                         help="int8: keep this layer (PyTorch module name or regex, e.g. conv_last1) float instead of the "
                         "recipe's choice; repeatable (fan-quantize --sensitivity recommends them)")
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="compile for an NPU too: npu (Qualcomm Hexagon via ONNX Runtime QNN; with --target onnx "
+                        "--precision int8 and --soc) or ethos-u55-128, ethos-u65-256, ethos-u85-256... (Arm, Vela; with "
+                        "--target tflite --precision int8); static batch 1, full offload required (docs/npu.md)")
+    parser.add_argument("--soc", metavar="CHIP", help="Snapdragon for --device npu: SM8650 (default), SM8550, SM8750, "
+                        "SC8380XP..., or a QNN soc_model number")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
 
     def handler(args: argparse.Namespace) -> int:
-        from .export.exporter import export_model, format_table, results_json
+        from .export.exporter import export_model, format_table, format_npu, results_json
 
         results = export_model(
             args.model,
@@ -439,14 +467,20 @@ def _export_parser() -> argparse.ArgumentParser:
             trust=args.trust,
             log=None if args.json else (lambda msg: print(msg, file=sys.stderr)),
             int8_float=args.int8_float,
+            device=args.device,
+            soc=args.soc,
         )
         if args.json:
             print(results_json(results))
         else:
             first = next((r.parity for r in results if r.parity), None)
             if first is not None:
-                print(f"\nparity with PyTorch on {first.faces} faces of {first.data} (boxes from ground-truth points; px are crop pixels)")
+                print(f"\nparity with PyTorch on {first.faces} faces of {first.data} (boxes from ground-truth points; px are crop pixels), "
+                      f"on {first.backend_device}, CPU: {first.cpu_label}")
             print(format_table(results))
+            for r in results:
+                if r.npu is not None:
+                    print(format_npu(r))
             for r in results:
                 if r.parity is not None and not r.parity.passed:
                     print(f"{r.path}: failed accuracy: {r.parity.failure} (artifact kept)", file=sys.stderr)
@@ -583,6 +617,9 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true", help="re-export even when --out holds the same export")
     parser.add_argument("--no-verify-export", action="store_true", help="skip the exporter's own parity check (the benchmark still scores every row)")
     parser.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="limit per timing process (default 1800 s)")
+    parser.add_argument("--soc", metavar="CHIP", help="Snapdragon of onnxruntime:int8@npu rows (default SM8650; QNN emulator)")
+    parser.add_argument("--npu-faces", type=int, default=16, metavar="N",
+                        help="faces scored on the QNN emulator, with PyTorch on the same faces (seconds each; default 16)")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH", help="JSON {\"rows\": [...]} on stdout instead of the table, or to PATH")
     parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     parser.add_argument("--plot", metavar="PNG", help="also write the Pareto plot (NME against latency, log scale)")
@@ -596,8 +633,8 @@ def _bench_parser() -> argparse.ArgumentParser:
         from .bench.report import format_table, to_json, write_csv, write_json
         from .bench.runner import BenchOptions, default_calib_dir, run_bench
         from .bench.targets import parse_targets
-        from .bench.zoo import cpu_name
         from .errors import BenchError
+        from .runtime.cpu import cpu_label, cpu_record
         from .runtime.bench import STATUS_FAILED
 
         missing = [a for a in args.artifact if not Path(a).exists()]
@@ -612,13 +649,13 @@ def _bench_parser() -> argparse.ArgumentParser:
             models=models, targets=parse_targets(args.targets or [DEFAULT_TARGETS]), artifacts=list(args.artifact),
             data=data, calib=calib, calib_faces=args.calib_faces, faces=args.faces, threads=args.threads, runs=args.runs,
             warmup=args.warmup, out=Path(args.out), verify_export=not args.no_verify_export, fresh=args.fresh, trust=args.trust,
-            timeout_s=args.timeout,
+            timeout_s=args.timeout, soc=args.soc, npu_faces=args.npu_faces,
         )
         load_before = os.getloadavg()
         rows = run_bench(options, log=lambda msg: print(msg, file=sys.stderr))
         settings = {
             "data": str(data) if data else None, "faces": args.faces, "calib": str(calib) if calib else None, "threads": args.threads,
-            "runs": args.runs, "warmup": args.warmup, "batch": 1, "cpu": cpu_name(), "cpus": os.cpu_count(),
+            "runs": args.runs, "warmup": args.warmup, "batch": 1, "cpu": cpu_label(), "cpus": os.cpu_count(), "cpu_record": cpu_record(),
             "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         }
         if args.csv:

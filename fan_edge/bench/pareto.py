@@ -40,6 +40,11 @@ def _label_lifts(xy: Sequence[tuple[float, float]]) -> list[int]:
     return lifts
 
 
+def is_estimate(row: dict[str, Any]) -> bool:
+    """Whether the row's latency is an estimate (an NPU compiler's), not a timing."""
+    return "estimate" in str(row.get("latency_source") or "")
+
+
 def _label(row: dict[str, Any], several_models: bool) -> str:
     text = f"{row['target']}:{row['precision']}" + ("" if row.get("device") in (None, "cpu") else f"@{row['device']}")
     return f"{row['model']} {text}" if several_models else text
@@ -62,7 +67,9 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | N
         raise BenchError("nothing to plot: no row has both a latency and " + ("an NME" if use_nme else "a size"))
     several = len({r["model"] for r in shown}) > 1
     xy = [(float(r["latency_ms_p50"]), float(r[y_key])) for r in shown]
-    front = pareto_front(xy)
+    # An estimated latency (Vela's, of another chip) is not a timing on this machine: shown, never on the front.
+    measured = [i for i, r in enumerate(shown) if not is_estimate(r)]
+    front = [measured[j] for j in pareto_front([xy[i] for i in measured])]
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
     lifts = _label_lifts(xy)
@@ -73,13 +80,13 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | N
             [x],
             [y],
             s=60 if i in front else 40,
-            marker="s" if torch_row else "o",
+            marker="s" if torch_row else ("^" if is_estimate(r) else "o"),
             facecolors="none" if failed else ("tab:red" if i in front else "tab:blue"),
             edgecolors="tab:red" if i in front else "tab:blue",
             zorder=3,
         )
         ax.annotate(
-            _label(r, several) + (" (failed acc.)" if failed else ""),
+            _label(r, several) + (" (failed acc.)" if failed else "") + (" (estimated)" if is_estimate(r) else ""),
             (x, y),
             textcoords="offset points",
             xytext=(5, 4 + 9 * lifts[i]),
@@ -95,7 +102,18 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | N
     ax.set_ylabel(y_label)
     ax.set_title(title or ("accuracy against latency" if use_nme else "size against latency (no data: latency only)"))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    from matplotlib.lines import Line2D
+
+    def key(marker: str, text: str, filled: bool = True) -> Line2D:
+        return Line2D([], [], marker=marker, linestyle="none", color="tab:blue", markerfacecolor="tab:blue" if filled else "none", label=text)
+
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [key("s", "PyTorch eager, timed here"), key("o", "artifact, timed here")]
+    if any(is_estimate(r) for r in shown):
+        handles.append(key("^", "NPU, latency estimated by its compiler"))
+    if any(r.get("status") == STATUS_FAILED_ACCURACY for r in shown):
+        handles.append(key("o", "failed the accuracy tolerance", filled=False))
+    ax.legend(handles=handles, loc="best", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

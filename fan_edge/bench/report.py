@@ -18,7 +18,7 @@ from ..atomic import write_text_atomic
 from ..runtime.bench import ROW_KEYS, STATUS_PASSED
 
 # Written after ROW_KEYS in CSV (and kept in JSON): how each row was measured.
-EXTRA_KEYS = ("peak_rss_mb", "base_rss_mb", "delta_nme_io", "faces", "threads", "runs", "warmup", "path", "source", "error")
+EXTRA_KEYS = ("latency_source", "accuracy_source", "npu_offload", "peak_rss_mb", "base_rss_mb", "delta_nme_io", "faces", "threads", "runs", "warmup", "path", "source", "error")
 
 
 def _num(digits: int, suffix: str = "") -> Callable[[Any], str]:
@@ -38,11 +38,12 @@ _COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("fr7", "FR@7 %", _num(2)),
     ("latency_ms_p50", "p50 ms", _num(2)),
     ("latency_ms_p90", "p90 ms", _num(2)),
+    ("latency_source", "Latency from", lambda v: {"timed here": "timed", None: "-"}.get(v, str(v).split(" (")[0])),
     ("fps", "FPS", _num(1)),
     ("speedup", "Speed-up", _num(2, "x")),
     ("peak_rss_mb", "Peak MB", _num(0)),
 ]
-_LEFT = {"model", "target", "precision", "device", "status"}
+_LEFT = {"model", "target", "precision", "device", "status", "latency_source"}
 
 
 def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
@@ -53,6 +54,12 @@ def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
         f"{r['model']} {r.get('target') or '?'}:{r.get('precision') or '?'}@{r.get('device') or '?'}: {r['error']}"
         for r in rows
         if r.get("error") and r.get("status") != STATUS_PASSED
+    ]
+    notes += [  # an NPU row's figures come from an emulator or a compiler: say so beside the table
+        f"{r['model']} {r.get('target')}:{r.get('precision')}@{r.get('device')}: accuracy from "
+        f"{r.get('accuracy_source') or '-'}; latency: {r.get('latency_source') or '-'}; {r.get('npu_offload') or ''}".rstrip("; ")
+        for r in rows
+        if r.get("status") == STATUS_PASSED and (r.get("accuracy_source") or r.get("latency_source") not in (None, "timed here"))
     ]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if k in _LEFT else "---:" for k, _, _ in _COLUMNS) + "|"]

@@ -79,6 +79,8 @@ class BenchOptions:
     fresh: bool = False  # re-export even when the cache holds a matching artifact
     trust: bool = False
     timeout_s: float = 1800.0  # per timing subprocess
+    soc: str | None = None  # Snapdragon of the @npu rows of onnxruntime (fan-export --soc; default SM8650)
+    npu_faces: int = 16  # faces scored on the QNN emulator (seconds each), with PyTorch on the same faces
     baseline: bool = True  # add a PyTorch row for artifacts whose model is a registry name
 
 
@@ -279,6 +281,8 @@ def _export_key(digest: str, target: BenchTarget, options: BenchOptions, calib: 
     }
     if target.precision == "int8":
         key.update(calib=str(calib) if calib else None, calib_faces=options.calib_faces)
+    if target.npu_export is not None:
+        key.update(device=target.npu_export, soc=options.soc)
     return key
 
 
@@ -301,7 +305,14 @@ def export_artifacts(
     if options.verify_export:
         # The faces scored by the benchmark; without them the exporter's own default (AFW), then the calibration faces.
         verify = options.data or default_verify_dir() or calib or False
-    paths = {t: default_output(name, TARGETS[t.export_target], t.precision, "heatmaps", out) for t in targets}  # type: ignore[index]
+    from ..export.devices import resolve_device
+
+    def artifact_path(t: BenchTarget) -> Path:
+        device = resolve_device(t.npu_export, options.soc if t.npu_export == "npu" else None)
+        stem = name + (device.file_tag if device is not None else "")
+        return default_output(stem, TARGETS[t.export_target], t.precision, "heatmaps", out)  # type: ignore[index]
+
+    paths = {t: artifact_path(t) for t in targets}
     keys = {t: _export_key(digest, t, options, calib) for t in targets}
     result: dict[BenchTarget, Path | BaseException] = {}
     todo = []
@@ -316,6 +327,7 @@ def export_artifacts(
         exports = list(dict.fromkeys(t.export_target for t in group))
         precisions = list(dict.fromkeys(t.precision for t in group))
         cache.forget([paths[t] for t in group])
+        npu = group[0].npu_export  # NPU rows are exported one by one
         export_model(
             model,
             ",".join(exports),  # type: ignore[arg-type]
@@ -327,14 +339,20 @@ def export_artifacts(
             verify_faces=options.faces or 64,
             trust=options.trust,
             log=log,
+            device=npu,
+            soc=options.soc if npu == "npu" else None,
         )
 
     # Group export targets by the set of precisions asked of them (export_model exports a full product).
     by_target: dict[str, set[str]] = {}
     for t in todo:
-        by_target.setdefault(t.export_target, set()).add(t.precision)  # type: ignore[arg-type]
+        if t.npu_export is None:
+            by_target.setdefault(t.export_target, set()).add(t.precision)  # type: ignore[arg-type]
     groups: dict[frozenset[str], list[BenchTarget]] = {}
     for t in todo:
+        if t.npu_export is not None:
+            groups[frozenset({t.label})] = [t]
+            continue
         groups.setdefault(frozenset(by_target[t.export_target]), []).append(t)  # type: ignore[index]
     for group in groups.values():
         started = time.time()
@@ -400,10 +418,51 @@ def _artifact_row(
             row.update(artifact_accuracy(path, target.runtime, target.device, options.threads, faces))
         log(f"{target.label} {path.name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
         _merge_timing(row, timed_row(str(path), target, options))
+        row["latency_source"] = "timed here"
         if row["status"] == STATUS_PASSED and faces is None:
             verdict = _sidecar_verdict(path)
             if verdict:
                 _fail(row, verdict, STATUS_FAILED_ACCURACY)
+    except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
+        _fail(row, _reason(exc))
+    return row
+
+
+def _npu_row(
+    path: Path, model: str, net: Any, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log
+) -> dict[str, Any]:
+    """A row of an NPU artifact: accuracy from the chip's emulator (QNN) or its int8 graph on this CPU (Ethos-U,
+    whose compiled graph computes the same int8 ops), latency from the compiler's estimate or none; each figure
+    says where it came from (``accuracy_source``, ``latency_source``)."""
+    from ..runtime.contract import read_sidecar
+
+    row = new_row(model, target, path=str(path))
+    try:
+        row["size_mb"] = round(artifact_size_mb(path), 3)
+        contract = read_sidecar(path)
+        report = ((contract.verification or {}) if contract else {}).get("npu") or {}
+        if target.npu_export == "npu":
+            soc = report.get("soc") or (contract.extra.get("qnn", {}).get("soc") if contract else None)
+            row["latency_source"] = report.get("latency_source") or "not measurable offline"
+            if faces is not None:
+                subset = Faces(faces.folder, options.npu_faces)
+                log(f"{target.label} {path.name}: accuracy on {options.npu_faces} faces of {faces.folder.name}, on the {soc} emulator")
+                row.update(artifact_accuracy(path, target.runtime, "npu", options.threads, subset))
+                reference = torch_accuracy(net, subset)
+                row["delta_nme_io"] = round(row["nme_io"] - reference["nme_io"], 4)
+                row["accuracy_source"] = f"QNN HTP emulator on x86 ({soc}), {row['faces']} faces; PyTorch on the same faces {reference['nme_io']:.3f}%"
+            row["npu_offload"] = f"{report.get('npu_nodes')}/{report.get('nodes')} nodes" if report else None
+        else:
+            if faces is not None:
+                log(f"{target.label} {path.name}: accuracy of its int8 graph on {faces.folder.name} (LiteRT, this CPU)")
+                row.update(artifact_accuracy(path, target.runtime, "cpu", options.threads, faces))
+                row["accuracy_source"] = "the same int8 graph on this CPU (LiteRT)"
+            if not isinstance(report.get("estimated_ms"), (int, float)):
+                raise BenchError(f"{path.name}: its sidecar has no Vela report (export it with --device {target.device})")
+            row["latency_ms_p50"] = round(float(report["estimated_ms"]), 3)
+            row["fps"] = round(1000.0 / report["estimated_ms"], 1) if report["estimated_ms"] > 0 else None
+            row["latency_source"] = f"vela estimate ({report.get('system_config')}, {report.get('clock_mhz', 0):.0f} MHz)"
+            row["npu_offload"] = f"{report.get('npu_op_share', 0):.0%} of ops; SRAM {report.get('sram_kib', 0):.0f} KiB"
     except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
         _fail(row, _reason(exc))
     return row
@@ -424,6 +483,7 @@ def _torch_row(
             row.update(torch_accuracy(net, faces))
         log(f"{target.label} {name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
         _merge_timing(row, timed_row(model, target, options))
+        row["latency_source"] = "timed here"
     except Exception as exc:  # noqa: BLE001
         _fail(row, _reason(exc))
     return row
@@ -433,6 +493,13 @@ def _device_absent(target: BenchTarget) -> str | None:
     """Why ``target``'s device is not usable here, or None (raises when its backend is not installed)."""
     from ..runtime.bench import device_present
 
+    if target.npu_export is not None:  # compiled here, checked on an emulator or estimated: no chip needed
+        from ..export.ethos_u import vela_available
+        from ..export.qnn import qnn_available
+
+        ready = qnn_available() if target.npu_export == "npu" else vela_available()
+        return None if ready else f"{target.label} needs " + ("onnxruntime-qnn" if target.npu_export == "npu" else "ethos-u-vela") + \
+            " (pip install 'fan-edge[npu]')"
     if target.device == "cpu" or device_present(target.runtime, target.device):
         return None
     return f"no {target.device} device for {target.runtime} here"
@@ -471,6 +538,8 @@ def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log
         got = artifacts[t]
         if isinstance(got, BaseException):
             rows[t] = _fail(new_row(name, t), f"export: {_reason(got)}")
+        elif t.npu_export is not None:
+            rows[t] = _npu_row(got, name, net, t, options, faces, log)
         else:
             rows[t] = _artifact_row(got, name, t, options, faces, log)
     for row in rows.values():
@@ -505,7 +574,8 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
     }
     for r in rows:
         b = base.get(r["model"])
-        r["speedup"] = round(b / r["latency_ms_p50"], 3) if b and r.get("latency_ms_p50") else None
+        timed = r.get("latency_source") in (None, "timed here")  # an NPU compiler's estimate is not comparable
+        r["speedup"] = round(b / r["latency_ms_p50"], 3) if b and r.get("latency_ms_p50") and timed else None
 
 
 def check_accuracy(rows: list[dict[str, Any]]) -> None:
@@ -518,8 +588,11 @@ def check_accuracy(rows: list[dict[str, Any]]) -> None:
         if r["target"] == TORCH or ref is None or r["status"] != STATUS_PASSED or r.get("nme_io") is None:
             continue
         if r.get("faces") != ref.get("faces"):
-            continue
-        delta = r["nme_io"] - ref["nme_io"]
+            if r.get("delta_nme_io") is None:
+                continue
+            delta = r["delta_nme_io"]  # measured against PyTorch on the row's own faces (the QNN emulator's subset)
+        else:
+            delta = r["nme_io"] - ref["nme_io"]
         r["delta_nme_io"] = round(delta, 4)
         tol = TOLERANCES.get(r["precision"])
         if tol is not None and abs(delta) > tol:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import BenchError
+from ..export.ethos_u import ETHOS_U_DEVICES
 
 TORCH = "torch"
 # runtime -> (fan-export target, precisions it can bench)
@@ -24,6 +25,8 @@ RUNTIMES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "litert": ("tflite", ("fp32", "fp16", "int8")),
 }
 DEVICES = ("cpu", "gpu", "npu")
+# NPUs whose latency comes from their compiler's estimate (Arm's Vela), named as fan-export --device names them.
+ESTIMATED_DEVICES = tuple(ETHOS_U_DEVICES)
 # Common spellings of the runtimes, accepted and normalised.
 ALIASES = {"pytorch": TORCH, "ort": "onnxruntime", "onnx": "onnxruntime", "ov": "openvino", "tflite": "litert"}
 
@@ -40,6 +43,15 @@ class BenchTarget:
     def export_target(self) -> str | None:
         """The fan-export target that writes this runtime's artifact (None for PyTorch eager)."""
         return RUNTIMES[self.runtime][0]
+
+    @property
+    def npu_export(self) -> str | None:
+        """The fan-export --device this row's artifact is compiled for (None: the portable artifact)."""
+        if self.device in ESTIMATED_DEVICES:
+            return self.device
+        if self.device == "npu" and self.runtime == "onnxruntime" and self.precision == "int8":
+            return "npu"  # Qualcomm, through ONNX Runtime's QNN plugin
+        return None
 
     @property
     def is_torch(self) -> bool:
@@ -68,8 +80,11 @@ def parse_target(item: str) -> BenchTarget:
     allowed = RUNTIMES[runtime][1]
     if precision not in allowed:
         raise BenchError(f"unknown target {item.strip()!r}: {runtime} precisions are {', '.join(allowed)}")
-    if device not in DEVICES:
-        raise BenchError(f"unknown target {item.strip()!r}: device must be one of {', '.join(DEVICES)} (as @gpu, @npu)")
+    if device not in DEVICES and device not in ESTIMATED_DEVICES:
+        raise BenchError(f"unknown target {item.strip()!r}: device must be one of {', '.join(DEVICES)} (as @gpu, @npu) "
+                         f"or an Ethos-U NPU (@ethos-u55-128, ...)")
+    if device in ESTIMATED_DEVICES and (runtime, precision) != ("litert", "int8"):
+        raise BenchError(f"unknown target {item.strip()!r}: an Ethos-U NPU runs litert:int8")
     return BenchTarget(runtime, precision, device)
 
 

@@ -25,6 +25,7 @@ from ..calibration import FaceCrops, calibration_faces
 from ..errors import ExportError
 from ..runtime.contract import OUTPUT_KINDS, PRECISIONS, ModelContract, sidecar_path
 from ._files import Staging
+from .devices import check_combination, resolve_device
 from .job import ExportJob
 from .metadata import build_contract
 from .parity import TOLERANCES, ParityReport, verify_artifact
@@ -83,12 +84,18 @@ class ExportResult:
     status: str  # "ok", "failed accuracy", "not verified", or the target's ``unverified`` status (Core ML)
     parity: ParityReport | None = None
     contract: ModelContract | None = field(default=None, repr=False)
+    npu: dict[str, Any] | None = None  # the device compiler's report (fan_edge.export.devices)
 
     @property
     def size_mb(self) -> float:
-        """The artifact's size (its sidecar excluded)."""
+        """The artifact's size (its sidecar and an NPU compiler's outputs excluded)."""
         sidecar = sidecar_path(self.path)
-        return sum(_size(f) for f in self.files if f != sidecar) / 1e6
+        return sum(_size(f) for f in self.files if f != sidecar and f not in self.compiled_files) / 1e6
+
+    @property
+    def compiled_files(self) -> list[Path]:
+        """The NPU compiler's files among :attr:`files` (the precompiled model, its reports)."""
+        return self.files[: len(self.npu.get("files", []))] if self.npu else []
 
     @property
     def ok(self) -> bool:
@@ -105,6 +112,7 @@ class ExportResult:
             "size_mb": round(self.size_mb, 3),
             "seconds": round(self.seconds, 2),
             "parity": self.parity.to_dict() if self.parity else None,
+            "npu": self.npu,
         }
 
 
@@ -231,6 +239,9 @@ def export_model(
     tolerances: dict[str, float] | None = None,
     log=None,
     int8_float: Sequence[str] | None = None,
+    batch: int | None = None,
+    device: str | None = None,
+    soc: str | None = None,
 ) -> list[ExportResult]:
     """Export ``model`` to every ``target`` x ``precision`` and check each against PyTorch.
 
@@ -245,6 +256,10 @@ def export_model(
     checkpoint written by ``fan-quantize --qat`` is quantized like any other:
     every target's own calibrated recipe places the quantizers better than
     NNCF's trained ones (docs/quantization.md); QAT's gain is in the weights.
+
+    ``device`` (:mod:`fan_edge.export.devices`): an NPU to compile the artifact
+    for (``npu`` with ``soc`` for Qualcomm, ``ethos-u55-128`` etc. for Arm);
+    it fixes the batch, and its compiled files and report join the artifact.
     """
     say = log or (lambda msg: None)
     targets = [TARGETS[t] for t in _split(target, "target", list(TARGETS))]
@@ -254,8 +269,17 @@ def export_model(
     combos = [(t, p) for t in targets for p in precisions]
     for t, p in combos:
         _check_target(t, p)
+    npu = resolve_device(device, soc)
+    if npu is not None:
+        for t, p in combos:
+            check_combination(npu, t.name, p)
+        if batch not in (None, npu.batch):
+            raise ExportError(f"--device {npu.name} needs a static batch of {npu.batch}")
+        batch = npu.batch
     if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size <= 0):
         raise ExportError(f"input size must be a positive integer, got {input_size!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 64):
+        raise ExportError(f"a static batch must be an integer from 1 to 64, got {batch!r}")
 
     # Fail fast on the data before any slow step.
     verify_dir: Path | None = None
@@ -275,36 +299,51 @@ def export_model(
         if calib is None:
             raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
         calibration = calibration_faces(calib, cfg.input_size, cfg.crop, count=calib_faces, seed=0)
+    if npu is not None and npu.parity_faces is not None:
+        verify_faces = min(verify_faces, npu.parity_faces)
     faces = FaceCrops(verify_dir, cfg.input_size, cfg.crop, count=verify_faces, seed=1) if verify_dir is not None else None
-    paths = _outputs_for(output, combos, name, outputs)
+    paths = _outputs_for(output, combos, name + (npu.file_tag if npu is not None else ""), outputs)
 
     shared: dict[str, Any] = {}
     results = []
     for (t, p), out in zip(combos, paths):
         say(f"exporting {name} -> {t.title} {p} {outputs}: {out}")
         started = time.perf_counter()
-        contract = build_contract(net, model_name=name, card=card, target=t.name, precision=p, outputs=outputs)
+        contract = build_contract(net, model_name=name, card=card, target=t.name, precision=p, outputs=outputs).replace(batch=batch)
+        if npu is not None:
+            contract = contract.replace(extra={**contract.extra, **npu.contract_extra()})
         sidecar = sidecar_path(out)
+        compiled = None
         with Staging(out) as staging:
             job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared,
-                            int8_float=None if int8_float is None else tuple(int8_float))
+                            int8_float=None if int8_float is None else tuple(int8_float), batch=batch)
             files = list(_exporter(t)(job))
             contract = job.contract  # the target may have refined it (layout, I/O quantization)
-            staging.path(sidecar).write_text(contract.to_json(indent=2) + "\n")
+            if npu is not None:
+                say(f"compiling {out.name} for {npu.name}" + (f" ({npu.soc})" if npu.soc else ""))
+                compiled = npu.compile(staging.path(out))
+                files = [out.parent / n for n in compiled.names] + files
+            side = contract if compiled is None else contract.replace(verification={"status": "not verified", "npu": compiled.report})
+            staging.path(sidecar).write_text(side.to_json(indent=2) + "\n")
             staging.commit(files + [sidecar])
         seconds = time.perf_counter() - started
-        result = ExportResult(t.name, p, outputs, out, [*files, sidecar], seconds, "not verified", contract=contract)
+        result = ExportResult(t.name, p, outputs, out, [*files, sidecar], seconds, "not verified", contract=side)
+        result.npu = compiled.report if compiled is not None else None
+        npu_entry = {"npu": compiled.report} if compiled is not None else {}
         if t.backend is None and verify is not False:
             result.status = t.unverified
-            verified = contract.replace(verification={"status": result.status})
+            verified = contract.replace(verification={"status": result.status, **npu_entry})
             write_text_atomic(sidecar, verified.to_json(indent=2) + "\n")
             result.contract = verified
         elif faces is not None:
             tol = (tolerances or TOLERANCES)[p]
-            report = verify_artifact(out, net, faces, p, backend=t.backend or "auto", tolerance=tol)
+            if npu is not None and npu.parity_device != "cpu":
+                say(f"verifying {out.name} on the {npu.name} ({npu.soc}) emulator: {len(faces)} faces, seconds each")
+            report = verify_artifact(out, net, faces, p, backend=t.backend or "auto", tolerance=tol,
+                                     device=npu.parity_device if npu is not None else "auto")
             result.parity = report
             result.status = "ok" if report.passed else "failed accuracy"
-            verified = contract.replace(verification={"status": result.status, **report.to_dict()})
+            verified = contract.replace(verification={"status": result.status, **report.to_dict(), **npu_entry})
             write_text_atomic(sidecar, verified.to_json(indent=2) + "\n")
             result.contract = verified
         results.append(result)
@@ -346,6 +385,19 @@ def format_table(results: Sequence[ExportResult], markdown: bool = False) -> str
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 1, 2, 3, len(header) - 1) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     return "\n".join([fmt(header), "-" * len(fmt(header))] + [fmt(r) for r in rows])
+
+
+def format_npu(result: ExportResult) -> str:
+    """The device compiler's report of one result, in one line."""
+    n = result.npu or {}
+    if n.get("compiler") == "qnn":
+        return (f"{result.path.name}: {n['npu_nodes']}/{n['nodes']} nodes on the {n['soc']} NPU (full offload: "
+                f"{n['full_offload']}), EPContext {n['context_model']} ({n['context_mb']} MB); latency {n['latency_source']}")
+    if n.get("compiler") == "vela":
+        return (f"{result.path.name}: {n['device']} {n['npu_op_share']:.0%} of ops on the NPU, SRAM {n['sram_kib']:.1f} KiB, "
+                f"flash {n['flash_kib']:.1f} KiB, {n['estimated_ms']:.2f} ms ({n['latency_source']}, {n['system_config']}, "
+                f"{n['clock_mhz']:.0f} MHz); {n['compiled']}")
+    return f"{result.path.name}: {n}"
 
 
 def results_json(results: Sequence[ExportResult]) -> str:

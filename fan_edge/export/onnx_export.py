@@ -98,16 +98,24 @@ def _cached(job: ExportJob, key: str, build) -> Any:
     return onnx.load_from_string(job.shared[key])
 
 
-def fp32_backbone(job: ExportJob):
+def fp32_backbone(job: ExportJob, batchnorm_as_depthwise: bool = False):
     """The FAN (heatmaps out) as fp32 ONNX, with a dynamic batch axis or ``job.batch`` fixed in every tensor (what an
-    NPU compiler needs); built once per export call and batch, and shared by the targets."""
+    NPU compiler needs); built once per export call and form, and shared by the targets.
+
+    ``batchnorm_as_depthwise``: each BatchNorm written as the 1x1 depthwise convolution it is
+    (:mod:`fan_edge.export.batchnorm`), the form int8 wants: a quantizer gives its scale per-channel int8
+    weights like any convolution's (quantized BatchNormalization nodes lost most of int8's accuracy on
+    Qualcomm's NPU, docs/npu.md), and the whole block then runs in int8."""
     import torch
 
+    from .batchnorm import batchnorms_as_depthwise
+
     model = job.model.eval()
+    network = batchnorms_as_depthwise(model) if batchnorm_as_depthwise else model
     s = model.config.input_size
     example = torch.rand(job.batch or 2, 3, s, s, generator=torch.Generator().manual_seed(0))
-    build = lambda: torch_to_onnx(model, example, INPUT_NAME, [HEATMAPS_NAME], dynamic_batch=job.batch is None)  # noqa: E731
-    return _cached(job, f"onnx.fp32_backbone.{job.batch}", build)
+    build = lambda: torch_to_onnx(network, example, INPUT_NAME, [HEATMAPS_NAME], dynamic_batch=job.batch is None)  # noqa: E731
+    return _cached(job, f"onnx.fp32_backbone.{job.batch}.{batchnorm_as_depthwise}", build)
 
 
 def fp32_head(job: ExportJob):
@@ -137,9 +145,17 @@ def to_fp16(proto):
 class OnnxInt8Recipe:
     """FAN's ONNX Runtime static int8, as one object (turned into ONNX Runtime's own ``StaticQuantConfig``).
 
-    - QDQ, convolutions only, weights int8 per output channel, activations
-      uint8 per tensor: U8S8 is ONNX Runtime's fast x86 combination (S8S8
-      and U8U8 run 2-3x slower, docs/export.md).
+    - QDQ of the whole graph (``whole_graph``: convolutions, additions,
+      concatenations, pooling, upsampling; ONNX Runtime's QNN recipe
+      ``get_qnn_qdq_config``, which ONNX Runtime's CPU kernels run as well),
+      with every BatchNorm first written as a 1x1 depthwise convolution
+      (``batchnorm_as_depthwise``, as the TFLite target does). Quantizing the
+      convolutions alone left 95 BatchNorms and their ReLUs in float between
+      Quantize/Dequantize pairs, no faster than fp32 on the CPU; on
+      Qualcomm's NPU, quantized BatchNorms lost most of int8's accuracy
+      (docs/npu.md has both measurements).
+    - weights int8 per output channel, activations uint8 per tensor: U8S8 is
+      ONNX Runtime's fast x86 combination (S8S8 and U8U8 run 2-3x slower).
     - ``reduce_range``: weights in 7 bits (-64..64). Without VNNI, x86
       kernels add two uint8 x int8 products in a saturating 16-bit lane;
       7-bit weights keep every such sum in range on every CPU
@@ -158,6 +174,8 @@ class OnnxInt8Recipe:
     op_types: tuple[str, ...] = ("Conv",)
     moving_average: bool = True
     keep_float: tuple[str, ...] | None = None
+    whole_graph: bool = True
+    batchnorm_as_depthwise: bool = True
 
     def static_quant_config(self, proto, calibration):
         """ONNX Runtime's ``StaticQuantConfig`` for ``proto`` (the pre-processed float graph) and its faces."""
@@ -166,6 +184,17 @@ class OnnxInt8Recipe:
         patterns = float_layers("onnx", self.keep_float)
         excluded = [n.name for n in proto.graph.node if n.op_type in self.op_types and len(n.input) > 1
                     and is_float_conv_weight(n.input[1], patterns)]
+        if self.whole_graph:
+            from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+            config = get_qnn_qdq_config(  # every op type; op_types names those whose float layers may be kept
+                proto, calibration.onnxruntime_reader(INPUT_NAME), CalibrationMethod.MinMax,
+                activation_type=QuantType[self.activation_type], weight_type=QuantType[self.weight_type],
+                per_channel=self.per_channel, weight_symmetric=True, nodes_to_exclude=excluded,
+            )
+            config.reduce_range = self.reduce_range
+            config.extra_options["CalibMovingAverage"] = self.moving_average
+            return config
         return StaticQuantConfig(
             calibration.onnxruntime_reader(INPUT_NAME),
             calibrate_method=CalibrationMethod.MinMax,
@@ -262,12 +291,13 @@ def build_onnx(job: ExportJob):
     """The final ModelProto of ``job`` (precision applied, head attached, contract embedded, checked)."""
     import onnx
 
-    proto = fp32_backbone(job)
+    recipe = OnnxInt8Recipe(keep_float=job.int8_float)
+    proto = fp32_backbone(job, batchnorm_as_depthwise=job.precision == "int8" and recipe.batchnorm_as_depthwise)
     if job.precision == "fp16":
         proto = to_fp16(proto)
     elif job.precision == "int8":
         with tempfile.TemporaryDirectory(prefix="fan-export-int8-", dir=job.staging.folder) as tmp:  # swept with the staging
-            proto = to_int8(proto, job.calibration, Path(tmp), OnnxInt8Recipe(keep_float=job.int8_float))
+            proto = to_int8(proto, job.calibration, Path(tmp), recipe)
     if job.outputs == "landmarks":
         proto = attach_head(proto, fp32_head(job))
     proto = embed_contract(proto, job.contract)
