@@ -438,10 +438,15 @@ def _export_parser() -> argparse.ArgumentParser:
     verify = parser.add_mutually_exclusive_group()
     verify.add_argument("--verify", metavar="DIR", help="faces for the parity check (default: --calib, else ../shared/data/300w/afw)")
     verify.add_argument("--no-verify", action="store_true", help="skip the parity check")
-    parser.add_argument("--verify-faces", type=int, default=64, metavar="N", help="faces for the parity check, spread over the folder (default 64)")
+    parser.add_argument("--verify-faces", type=int, default=None, metavar="N",
+                        help="faces for the parity check, spread over the folder (default 64; 8 for --device npu, whose "
+                        "check runs on an emulator of the chip at seconds per face)")
     parser.add_argument("--int8-float", action="append", metavar="LAYER",
                         help="int8: keep this layer (PyTorch module name or regex, e.g. conv_last1) float instead of the "
                         "recipe's choice; repeatable (fan-quantize --sensitivity recommends them)")
+    parser.add_argument("--int8-activations", type=int, choices=(8, 16), default=8, metavar="BITS",
+                        help="ONNX int8: 16 keeps int8 weights with 16-bit activations (W8A16; Qualcomm's NPU runs it "
+                        "natively) for a model whose 8-bit activations fail the parity check (default 8)")
     parser.add_argument("--device", default="cpu", metavar="DEVICE",
                         help="compile for an NPU too: npu (Qualcomm Hexagon via ONNX Runtime QNN; with --target onnx "
                         "--precision int8 and --soc) or ethos-u55-128, ethos-u65-256, ethos-u85-256... (Arm, Vela; with "
@@ -469,6 +474,7 @@ def _export_parser() -> argparse.ArgumentParser:
             int8_float=args.int8_float,
             device=args.device,
             soc=args.soc,
+            int8_activations=args.int8_activations,
         )
         if args.json:
             print(results_json(results))

@@ -172,3 +172,13 @@ def test_vela_error_line_picks_the_message_not_the_traceback():
         "Failed to load TfLite model. Buffer contents inconsistent with generated schema. (crashed with SIGSEGV)"
     )
     assert vela_error_line("", -9) == "crashed with SIGKILL"
+
+
+def test_the_runtime_refuses_a_vela_compiled_model_at_load(reports):
+    """Its ethos-u custom op runs only under TFLite Micro with the NPU driver: say so when opened, not at the first face."""
+    from fan_edge.errors import BackendError
+    from fan_edge.runtime import LandmarkSession
+
+    with pytest.raises(BackendError) as excinfo:
+        LandmarkSession(reports["ethos-u55-128"].compiled)
+    assert "compiled by Vela" in _one_line(excinfo) and "portable .tflite" in _one_line(excinfo)

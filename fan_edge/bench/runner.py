@@ -336,7 +336,7 @@ def export_artifacts(
             calib=calib,
             calib_faces=options.calib_faces,
             verify=verify,
-            verify_faces=options.faces or 64,
+            verify_faces=options.npu_faces if npu == "npu" else (options.faces or 64),
             trust=options.trust,
             log=log,
             device=npu,
@@ -463,6 +463,10 @@ def _npu_row(
             row["fps"] = round(1000.0 / report["estimated_ms"], 1) if report["estimated_ms"] > 0 else None
             row["latency_source"] = f"vela estimate ({report.get('system_config')}, {report.get('clock_mhz', 0):.0f} MHz)"
             row["npu_offload"] = f"{report.get('npu_op_share', 0):.0%} of ops; SRAM {report.get('sram_kib', 0):.0f} KiB"
+        if faces is None:  # without data, the exporter's own parity verdict decides, as for every other artifact
+            verdict = _sidecar_verdict(path)
+            if verdict:
+                _fail(row, verdict, STATUS_FAILED_ACCURACY)
     except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
         _fail(row, _reason(exc))
     return row

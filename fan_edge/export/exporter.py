@@ -33,6 +33,7 @@ from .parity import TOLERANCES, ParityReport, verify_artifact
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Verification faces when neither --verify nor --calib names a folder (relative to the checkout, then to the cwd).
 DEFAULT_VERIFY = ("..", "shared", "data", "300w", "afw")
+DEFAULT_VERIFY_FACES = 64
 
 
 @dataclass(frozen=True)
@@ -234,17 +235,19 @@ def export_model(
     calib_faces: int = 128,
     input_size: int | None = None,
     verify: str | Path | bool | None = None,
-    verify_faces: int = 64,
+    verify_faces: int | None = None,
     trust: bool = False,
     tolerances: dict[str, float] | None = None,
     log=None,
     int8_float: Sequence[str] | None = None,
     batch: int | None = None,
+    int8_activations: int = 8,
     device: str | None = None,
     soc: str | None = None,
 ) -> list[ExportResult]:
     """Export ``model`` to every ``target`` x ``precision`` and check each against PyTorch.
 
+    ``verify_faces``: faces of the parity check (None: 64, or 8 for an NPU checked on an emulator).
     ``verify``: None picks the calibration folder, else ``../shared/data/300w/afw``
     when present (else an error asking for a folder or ``verify=False``); a
     path names the folder; False skips the check. An artifact that fails the
@@ -257,6 +260,8 @@ def export_model(
     every target's own calibrated recipe places the quantizers better than
     NNCF's trained ones (docs/quantization.md); QAT's gain is in the weights.
 
+    ``int8_activations``: 16 gives ONNX int8 16-bit activations with int8 weights (W8A16, which Qualcomm's NPU
+    runs natively), for a model whose 8-bit activations fail the tolerance (docs/npu.md).
     ``device`` (:mod:`fan_edge.export.devices`): an NPU to compile the artifact
     for (``npu`` with ``soc`` for Qualcomm, ``ethos-u55-128`` etc. for Arm);
     it fixes the batch, and its compiled files and report join the artifact.
@@ -269,6 +274,10 @@ def export_model(
     combos = [(t, p) for t in targets for p in precisions]
     for t, p in combos:
         _check_target(t, p)
+    if int8_activations not in (8, 16):
+        raise ExportError(f"int8 activations are 8 or 16 bits, got {int8_activations!r}")
+    if int8_activations == 16 and any(t.name != "onnx" or p != "int8" for t, p in combos):
+        raise ExportError("16-bit activations (W8A16) are an ONNX int8 option: --target onnx --precision int8")
     npu = resolve_device(device, soc)
     if npu is not None:
         for t, p in combos:
@@ -299,8 +308,8 @@ def export_model(
         if calib is None:
             raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
         calibration = calibration_faces(calib, cfg.input_size, cfg.crop, count=calib_faces, seed=0)
-    if npu is not None and npu.parity_faces is not None:
-        verify_faces = min(verify_faces, npu.parity_faces)
+    if verify_faces is None:  # 64, or fewer where the check runs on an emulator (seconds per face)
+        verify_faces = npu.parity_faces if npu is not None and npu.parity_faces is not None else DEFAULT_VERIFY_FACES
     faces = FaceCrops(verify_dir, cfg.input_size, cfg.crop, count=verify_faces, seed=1) if verify_dir is not None else None
     paths = _outputs_for(output, combos, name + (npu.file_tag if npu is not None else ""), outputs)
 
@@ -312,11 +321,14 @@ def export_model(
         contract = build_contract(net, model_name=name, card=card, target=t.name, precision=p, outputs=outputs).replace(batch=batch)
         if npu is not None:
             contract = contract.replace(extra={**contract.extra, **npu.contract_extra()})
+        if int8_activations != 8:
+            contract = contract.replace(extra={**contract.extra, "int8_activations": int8_activations})
         sidecar = sidecar_path(out)
         compiled = None
         with Staging(out) as staging:
             job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared,
-                            int8_float=None if int8_float is None else tuple(int8_float), batch=batch)
+                            int8_float=None if int8_float is None else tuple(int8_float), batch=batch,
+                            int8_activations=int8_activations)
             files = list(_exporter(t)(job))
             contract = job.contract  # the target may have refined it (layout, I/O quantization)
             if npu is not None:

@@ -39,6 +39,8 @@ class ExportJob:
     shared: dict[str, Any] = field(default_factory=dict)
     # int8 only (fan_edge.export.int8): layer patterns kept float (None: the target's recipe).
     int8_float: tuple[str, ...] | None = None
+    # int8 only: bits of the activations (8, or 16 with int8 weights where the target has it: ONNX's W8A16).
+    int8_activations: int = 8
     # None: a dynamic batch axis where the target allows one; else that batch, static in every tensor (NPU compilers
     # reject anything else). Targets that are always static (TFLite: 1) refuse another value.
     batch: int | None = None

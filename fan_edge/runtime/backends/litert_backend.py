@@ -73,6 +73,8 @@ def delegate_library(device: str) -> str | None:
     return None
 
 
+# The custom operator Arm's Vela puts in place of what runs on an Ethos-U NPU: no interpreter here can run it.
+ETHOS_U_OP = b"ethos-u"
 # A TFLite model is a FlatBuffer whose file identifier (bytes 4 to 8) is this.
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -113,6 +115,11 @@ def check_kernel_parameters(path: Path) -> None:
     kinds = {getattr(schema.BuiltinOptions, name): (getattr(schema, name), fields) for name, fields in _KERNEL_OPTIONS.items()}
     try:
         model = schema.Model.GetRootAs(path.read_bytes(), 0)
+        for c in range(model.OperatorCodesLength()):
+            custom = model.OperatorCodes(c).CustomCode()
+            if custom == ETHOS_U_OP:
+                raise BackendError(f"{path}: compiled by Vela for an Arm Ethos-U NPU (custom op ethos-u): it runs under "
+                                   "TensorFlow Lite Micro with the Ethos-U driver; run the portable .tflite it was compiled from")
         for g in range(model.SubgraphsLength()):
             subgraph = model.Subgraphs(g)
             for i in range(subgraph.OperatorsLength()):
