@@ -444,9 +444,10 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8-float", action="append", metavar="LAYER",
                         help="int8: keep this layer (PyTorch module name or regex, e.g. conv_last1) float instead of the "
                         "recipe's choice; repeatable (fan-quantize --sensitivity recommends them)")
-    parser.add_argument("--int8-activations", type=int, choices=(8, 16), default=8, metavar="BITS",
+    parser.add_argument("--int8-activations", type=int, choices=(8, 16), default=None, metavar="BITS",
                         help="ONNX int8: 16 keeps int8 weights with 16-bit activations (W8A16; Qualcomm's NPU runs it "
-                        "natively) for a model whose 8-bit activations fail the parity check (default 8)")
+                        "natively) for a model whose 8-bit activations fail the parity check (default: what the model "
+                        "card measured for the device, else 8)")
     parser.add_argument("--device", default="cpu", metavar="DEVICE",
                         help="compile for an NPU too: npu (Qualcomm Hexagon via ONNX Runtime QNN; with --target onnx "
                         "--precision int8 and --soc) or ethos-u55-128, ethos-u65-256, ethos-u85-256... (Arm, Vela; with "
@@ -624,8 +625,8 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-verify-export", action="store_true", help="skip the exporter's own parity check (the benchmark still scores every row)")
     parser.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="limit per timing process (default 1800 s)")
     parser.add_argument("--soc", metavar="CHIP", help="Snapdragon of onnxruntime:int8@npu rows (default SM8650; QNN emulator)")
-    parser.add_argument("--npu-faces", type=int, default=16, metavar="N",
-                        help="faces scored on the QNN emulator, with PyTorch on the same faces (seconds each; default 16)")
+    parser.add_argument("--npu-faces", type=int, default=64, metavar="N",
+                        help="faces scored on the QNN emulator, with PyTorch on the same faces (seconds each; default 64)")
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH", help="JSON {\"rows\": [...]} on stdout instead of the table, or to PATH")
     parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     parser.add_argument("--plot", metavar="PNG", help="also write the Pareto plot (NME against latency, log scale)")

@@ -13,7 +13,7 @@ from fan_edge.calibration import FaceCrops, calibration_faces
 from fan_edge.cli import quantize_main
 from fan_edge.export.int8 import FLOAT_LAYERS, float_layers, is_float_conv_weight, tflite_scope
 from fan_edge.models import count_macs, create_model
-from fan_edge.quantize.fakequant import FakeQuantFAN, fake_quant_activation, fake_quant_weight
+from fan_edge.quantize.fakequant import WEIGHT_LEVELS, FakeQuantFAN, fake_quant_activation, fake_quant_weight
 from fan_edge.quantize.sensitivity import measure_sensitivity
 
 
@@ -26,9 +26,11 @@ def test_fake_quant_arithmetic():
     assert fake_quant_activation(torch.zeros(3), 0.5, 2.0).abs().max() == 0  # 0 is always exact (the range holds it)
     assert fake_quant_activation(torch.tensor([5.0]), -1.0, 3.0).item() == pytest.approx(3.0, abs=step)  # clipped
     w = torch.randn(8, 4, 3, 3)
-    wq = fake_quant_weight(w)
-    scale = w.abs().amax(dim=(1, 2, 3), keepdim=True) / 127
-    assert ((wq - w).abs() <= scale / 2 + 1e-7).all()  # per output channel
+    for levels in (WEIGHT_LEVELS, 127):  # the ONNX export's 7-bit weights; TFLite's and OpenVINO's 8-bit ones
+        wq = fake_quant_weight(w, levels)
+        scale = w.abs().amax(dim=(1, 2, 3), keepdim=True) / levels
+        assert ((wq - w).abs() <= scale / 2 + 1e-7).all()  # per output channel
+        assert len(torch.unique(torch.round(wq / scale))) <= 2 * levels + 1
 
 
 def test_simulation_is_exact_float_outside_its_context_and_counts_every_mac(tiny_checkpoint, synthetic_faces):
@@ -59,11 +61,20 @@ def test_simulation_is_exact_float_outside_its_context_and_counts_every_mac(tiny
         assert global_ranges.ranges[key][0] <= lo + 1e-6 and hi <= global_ranges.ranges[key][1] + 1e-6
 
 
-def test_simulation_reproduces_the_onnxruntime_artifact(tiny_checkpoint, synthetic_faces, tmp_path):
-    """The simulation is the ONNX int8 export's arithmetic (same faces, ranges, BN folding): exact for a few layers,
-    and of the same error for the whole graph (where rounding flips make the two noise draws diverge)."""
+def test_simulation_reproduces_the_onnxruntime_artifact(tiny_checkpoint, synthetic_faces, tmp_path, monkeypatch):
+    """The simulation is ONNX Runtime's conv-level QDQ arithmetic (same faces, ranges, BN folding): exact for a few
+    layers, and of the same error for the whole graph (where rounding flips make the two noise draws diverge). The
+    artifact is exported with the conv-only recipe the simulation models (the shipped ONNX recipe also quantizes the
+    rest of the graph)."""
     pytest.importorskip("onnxruntime")
+    import functools
+
     import onnx
+
+    from fan_edge.export import onnx_export
+
+    conv_only = functools.partial(onnx_export.OnnxInt8Recipe, whole_graph=False, batchnorm_as_depthwise=False)
+    monkeypatch.setattr(onnx_export, "OnnxInt8Recipe", conv_only)
 
     from fan_edge.export import export_model
     from fan_edge.runtime.session import LandmarkSession

@@ -80,7 +80,7 @@ class BenchOptions:
     trust: bool = False
     timeout_s: float = 1800.0  # per timing subprocess
     soc: str | None = None  # Snapdragon of the @npu rows of onnxruntime (fan-export --soc; default SM8650)
-    npu_faces: int = 16  # faces scored on the QNN emulator (seconds each), with PyTorch on the same faces
+    npu_faces: int = 64  # faces scored on the QNN emulator (seconds each), with PyTorch on the same faces
     baseline: bool = True  # add a PyTorch row for artifacts whose model is a registry name
 
 
@@ -404,6 +404,13 @@ def _sidecar_verdict(path: Path) -> str | None:
     return "" if v.get("status") == "ok" else None
 
 
+def _apply_sidecar_verdict(row: dict[str, Any], path: Path) -> None:
+    """Without faces to score, the exporter's parity verdict (in the sidecar) decides the row's accuracy status."""
+    verdict = _sidecar_verdict(path)
+    if verdict:
+        _fail(row, verdict, STATUS_FAILED_ACCURACY)
+
+
 # ---- the benchmark -------------------------------------------------------------------------------
 
 
@@ -420,9 +427,7 @@ def _artifact_row(
         _merge_timing(row, timed_row(str(path), target, options))
         row["latency_source"] = "timed here"
         if row["status"] == STATUS_PASSED and faces is None:
-            verdict = _sidecar_verdict(path)
-            if verdict:
-                _fail(row, verdict, STATUS_FAILED_ACCURACY)
+            _apply_sidecar_verdict(row, path)
     except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
         _fail(row, _reason(exc))
     return row
@@ -464,9 +469,7 @@ def _npu_row(
             row["latency_source"] = f"vela estimate ({report.get('system_config')}, {report.get('clock_mhz', 0):.0f} MHz)"
             row["npu_offload"] = f"{report.get('npu_op_share', 0):.0%} of ops; SRAM {report.get('sram_kib', 0):.0f} KiB"
         if faces is None:  # without data, the exporter's own parity verdict decides, as for every other artifact
-            verdict = _sidecar_verdict(path)
-            if verdict:
-                _fail(row, verdict, STATUS_FAILED_ACCURACY)
+            _apply_sidecar_verdict(row, path)
     except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
         _fail(row, _reason(exc))
     return row

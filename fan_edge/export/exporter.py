@@ -189,6 +189,13 @@ def resolve_model(model: Any, trust: bool = False, input_size: int | None = None
     return net.eval(), name, card
 
 
+def recipe_activation_bits(card: dict[str, Any], family: str) -> int:
+    """The int8 activation bits a model card prescribes for a device family ("cpu", "qnn"), from its measurements."""
+    hint = (card.get("export") or {}).get("int8_activations") if isinstance(card.get("export"), dict) else None
+    bits = hint.get(family, 8) if isinstance(hint, dict) else 8
+    return bits if bits in (8, 16) else 8
+
+
 def default_output(name: str, target: Target, precision: str, outputs: str, folder: Path | None = None) -> Path:
     stem = f"{name}-{precision}" + ("-landmarks" if outputs == "landmarks" else "")
     return (folder or Path.cwd()) / f"{stem}{target.suffix}"
@@ -241,7 +248,7 @@ def export_model(
     log=None,
     int8_float: Sequence[str] | None = None,
     batch: int | None = None,
-    int8_activations: int = 8,
+    int8_activations: int | None = None,
     device: str | None = None,
     soc: str | None = None,
 ) -> list[ExportResult]:
@@ -261,7 +268,8 @@ def export_model(
     NNCF's trained ones (docs/quantization.md); QAT's gain is in the weights.
 
     ``int8_activations``: 16 gives ONNX int8 16-bit activations with int8 weights (W8A16, which Qualcomm's NPU
-    runs natively), for a model whose 8-bit activations fail the tolerance (docs/npu.md).
+    runs natively), for a model whose 8-bit activations fail the tolerance (docs/npu.md); None takes what the
+    model card measured for the device (``export.int8_activations``), else 8.
     ``device`` (:mod:`fan_edge.export.devices`): an NPU to compile the artifact
     for (``npu`` with ``soc`` for Qualcomm, ``ethos-u55-128`` etc. for Arm);
     it fixes the batch, and its compiled files and report join the artifact.
@@ -274,7 +282,7 @@ def export_model(
     combos = [(t, p) for t in targets for p in precisions]
     for t, p in combos:
         _check_target(t, p)
-    if int8_activations not in (8, 16):
+    if int8_activations not in (None, 8, 16):
         raise ExportError(f"int8 activations are 8 or 16 bits, got {int8_activations!r}")
     if int8_activations == 16 and any(t.name != "onnx" or p != "int8" for t, p in combos):
         raise ExportError("16-bit activations (W8A16) are an ONNX int8 option: --target onnx --precision int8")
@@ -302,6 +310,8 @@ def export_model(
         verify_dir = Path(verify)
 
     net, name, card = resolve_model(model, trust, input_size)
+    if int8_activations is None:  # the weights' own measured recipe for this device, else 8
+        int8_activations = recipe_activation_bits(card, npu.family if npu is not None else "cpu")
     cfg = net.config
     calibration = None
     if any(p == "int8" and t.int8_needs_calibration for t, p in combos):

@@ -1,9 +1,15 @@
-"""int8 as the exported artifacts compute it, simulated on a PyTorch FAN with hooks (fast, any subset of layers).
+"""int8 of one layer at a time, simulated on a PyTorch FAN with hooks (fast, any subset of layers): the per-layer
+sensitivity ranking of ``fan-quantize --sensitivity``.
+
+It models ONNX Runtime's conv-level QDQ arithmetic with 7-bit weights (tests/test_quantize.py checks it
+against such an artifact). The shipped ONNX recipe goes further (the whole graph, BatchNorms as depthwise
+convolutions, 7-bit weights: :class:`fan_edge.export.onnx_export.OnnxInt8Recipe`), so the ranking is of
+layers, and an export's parity check is what measures the whole artifact.
 
 Quantization points, named by PyTorch module:
 
 - a convolution ``NAME`` (kind ``conv``): its weights (symmetric int8 per
-  output channel, levels -127..127), its input and its output (asymmetric
+  output channel, levels -64..64: :data:`WEIGHT_LEVELS`), its input and its output (asymmetric
   8-bit per tensor); what ONNX Runtime's QDQ does to a Conv, and what
   OpenVINO and TFLite do to one too;
 - a block input ``NAME`` (kind ``stream``, the ``bn1`` of a
@@ -55,10 +61,15 @@ def fake_quant_activation(x: torch.Tensor, low: float, high: float) -> torch.Ten
     return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
-def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 per output channel (levels -127..127)."""
-    scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / 127.0
-    return torch.clamp(torch.round(w / scale), -127, 127) * scale
+# Weight levels each side of zero: 64 is ONNX Runtime's reduce_range, the 7-bit weights every ONNX int8 export ships
+# (no 16-bit overflow on CPUs without VNNI); TFLite and OpenVINO use 127.
+WEIGHT_LEVELS = 64
+
+
+def fake_quant_weight(w: torch.Tensor, levels: int = WEIGHT_LEVELS) -> torch.Tensor:
+    """Symmetric int8 per output channel (levels -levels..levels)."""
+    scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / float(levels)
+    return torch.clamp(torch.round(w / scale), -levels, levels) * scale
 
 
 def _folded_pairs(model: nn.Module) -> dict[str, str]:
