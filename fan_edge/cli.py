@@ -729,14 +729,14 @@ def _bench_parser() -> argparse.ArgumentParser:
             "loadavg_1min_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         }
         if args.csv:
-            write_csv(args.csv, rows)
+            print(f"wrote {write_csv(args.csv, rows)}", file=sys.stderr)
         if args.plot:
-            plot_pareto(rows, args.plot)
+            print(f"wrote {plot_pareto(rows, args.plot)}", file=sys.stderr)
         if args.json == "-":
             print(to_json(rows, settings))
         else:
             if args.json:
-                write_json(args.json, rows, settings)
+                print(f"wrote {write_json(args.json, rows, settings)}", file=sys.stderr)
             print(format_table(rows, markdown=args.markdown))
             print(f"\n{settings['cpu']}, threads {args.threads}, batch 1, {args.runs} runs after {args.warmup}; "
                   f"load average {settings['loadavg_1min_before_after'][0]} -> {settings['loadavg_1min_before_after'][1]}")
