@@ -96,7 +96,8 @@ class ExportResult:
     @property
     def compiled_files(self) -> list[Path]:
         """The NPU compiler's files among :attr:`files` (the precompiled model, its reports)."""
-        return self.files[: len(self.npu.get("files", []))] if self.npu else []
+        names = set(self.npu.get("files", [])) if self.npu else set()
+        return [f for f in self.files if f.name in names]
 
     @property
     def ok(self) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 from ..calibration import FaceCrops
 from ..data.metrics import per_face_nme
 from ..runtime.contract import read_sidecar
-from ..runtime.cpu import cpu_record
+from ..runtime.cpu import cpu_record, format_cpu
 from ..runtime.decode import crop_points_to_image, decode_heatmaps
 from ..runtime.session import LandmarkSession
 from .metadata import HEATMAPS_NAME
@@ -63,8 +63,7 @@ class ParityReport:
     @property
     def cpu_label(self) -> str:
         """The CPU as one line (name and int8 instruction sets)."""
-        isa = ", ".join(self.cpu.get("isa") or []) or "no int8 extensions reported"
-        return f"{self.cpu.get('name', '?')} ({isa})" + (f" [{self.cpu['note']}]" if self.cpu.get("note") else "")
+        return format_cpu(self.cpu)
 
     @property
     def failure(self) -> str:

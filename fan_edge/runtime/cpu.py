@@ -57,12 +57,17 @@ def has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+def format_cpu(record: dict[str, Any]) -> str:
+    """One line for a table or a plot from a :func:`cpu_record`: name and int8 instruction sets
+    ("AMD EPYC (avx2, avx512_vnni)"), and the note where one was set."""
+    isa = record.get("isa") or []
+    text = f"{record.get('name', '?')} ({', '.join(isa) if isa else 'no int8 extensions reported'})"
+    return f"{text} [{record['note']}]" if record.get("note") else text
+
+
 def cpu_label() -> str:
-    """One line for a table or a plot: name and int8 instruction sets ("AMD EPYC (avx2, avx512_vnni)")."""
-    isa = cpu_isa()
-    note = os.environ.get("FAN_EDGE_CPU_NOTE", "").strip()
-    text = f"{cpu_name()} ({', '.join(isa) if isa else 'no int8 extensions reported'})"
-    return f"{text} [{note}]" if note else text
+    """This CPU as one line (:func:`format_cpu` of :func:`cpu_record`)."""
+    return format_cpu(cpu_record())
 
 
 def cpu_record() -> dict[str, Any]:
