@@ -345,11 +345,16 @@ def _spec_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
             parser.add_argument(flag, action="append", required=True, metavar="DIR",
                                 help="folder of images (with .pts, or without for distillation); repeatable")
             continue
+        if f.name == "data_weights":
+            parser.add_argument("--data-weight", dest="data_weights", action="append", type=float, default=[], metavar="W",
+                                help="per --data folder, in order: how many times each of its faces is drawn per epoch "
+                                     "(default 1 each; 0.5 draws a seeded half)")
+            continue
         if f.name == "teacher":
             parser.add_argument(flag, required=True, help="teacher checkpoint or registry name (e.g. an official 2DFAN-4 .pth.tar)")
             continue
         kind = type(default) if default is not None else (int if f.name == "input_size" else float if f.name in (
-            "reference_scale", "center_shift", "max_minutes") else int if f.name == "max_batches" else str)
+            "reference_scale", "center_shift", "max_minutes", "max_label_disagreement") else int if f.name == "max_batches" else str)
         if f.name == "init":
             parser.add_argument(flag, default=None, metavar="CKPT",
                                 help="start from this checkpoint's or zoo model's weights (same width; any input size; "

@@ -97,6 +97,12 @@ class FaceFolder:
     def __len__(self) -> int:
         return len(self.items)
 
+    def select(self, keep: list[int]) -> None:
+        """Keep only these items (in this order): a training filter, e.g. on a label job's quality record."""
+        self.items = [self.items[i] for i in keep]
+        self._points = [self._points[i] for i in keep]
+        self.boxes = {}
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -107,6 +113,9 @@ class FaceFolder:
         return points.copy()
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        # An index past the end is a further draw of face index % len in the same epoch (a source sampled more than
+        # once per epoch): it gets its own augmentation, while draw 0 keeps the (seed, epoch, index) stream.
+        draw, index = divmod(int(index), len(self.items))
         item = self.items[index]
         image = load_image(item.image)
         has_points = item.pts is not None
@@ -122,7 +131,7 @@ class FaceFolder:
         flipped = False
         rng = None
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, self.epoch, index] + ([draw] if draw else []))
             similarity, flipped = random_similarity(rng, self.input_size, self.augment)
             matrix = compose_affine(similarity, matrix)
         crop = warp_image(image, matrix, self.input_size)

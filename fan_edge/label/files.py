@@ -201,3 +201,23 @@ def place_image(source: Path, target: Path, copy: bool) -> str:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return "copy"
+
+
+def read_label_job(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+    """A finished label job's settings (``label.json``) and its kept faces' records by ``.pts`` path relative to it.
+
+    None when the folder holds no label job (ground-truth data): what a trainer
+    asks to weigh or filter a source by its labels' quality.
+    """
+    settings_path, ledger_path = folder / "label.json", folder / LABELS
+    if not settings_path.is_file() or not ledger_path.is_file():
+        return None
+    try:
+        settings = json.loads(settings_path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise DataError(f"{settings_path}: not JSON; the file was edited or damaged") from None
+    if not isinstance(settings, dict):
+        raise DataError(f"{settings_path}: not a label job's settings")
+    records = {r["pts"]: r for recs in Ledger(ledger_path).read().values() for r in recs
+               if r.get("kept") and isinstance(r.get("pts"), str)}
+    return settings, records

@@ -298,7 +298,7 @@ def _freeze_bn(model: nn.Module) -> None:
 
 
 def _optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
-    from ..train.trainer import _optimizer as make
+    from ..train.trainer import make_optimizer as make
 
     weights = [p for n, p in model.named_parameters() if not n.startswith(HOOKS_PREFIX) and p.requires_grad]
     ranges = [p for n, p in model.named_parameters() if n.startswith(HOOKS_PREFIX) and p.requires_grad]
@@ -330,7 +330,8 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
     """Run (or resume) a QAT run into ``spec.train.out``; returns a summary (figures, paths)."""
     from ..calibration import calibration_faces
     from ..train.losses import LOSSES, stack_weights, stacked_loss
-    from ..train.trainer import _datasets, epoch_batches, lr_factor, teacher_heatmaps
+    from ..train.sources import build_datasets, epoch_pool
+    from ..train.trainer import epoch_batches, lr_factor, teacher_heatmaps
 
     ts = spec.train
     out = Path(ts.out)
@@ -378,7 +379,7 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
             raise CheckpointError(f"{last}: its weights do not fit its quantized model ({_first_line(exc)})") from None
         base_figures, init_figures = state["base_figures"], state["init_figures"]
 
-    dataset = _datasets(ts, model, require_points=True, teacher_size=None if teacher is None else teacher.config.input_size)
+    dataset = build_datasets(ts, model, require_points=True, teacher_size=None if teacher is None else teacher.config.input_size)
     optimizer = _optimizer(ts, model)
     if state is not None:
         load_optimizer_state(optimizer, state["optimizer"], last)
@@ -402,7 +403,7 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
     try:
         for epoch in range(start_epoch, ts.epochs):
             dataset.set_epoch(epoch)
-            batches = epoch_batches(len(dataset), ts.batch_size, ts.seed, epoch, 0, 1)
+            batches = epoch_batches(epoch_pool(dataset, ts.seed, epoch), ts.batch_size, ts.seed, epoch, 0, 1)
             first = start_batch if epoch == start_epoch else 0
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[first:], num_workers=ts.workers)
             model.train()

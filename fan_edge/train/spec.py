@@ -18,6 +18,8 @@ class TrainSpec:
     model: str = "default"
     init: str | None = None  # start from this checkpoint's weights (extra stacks copy its last one)
     data: list[str] = field(default_factory=list)
+    data_weights: list[float] = field(default_factory=list)  # per --data folder: draws of each face per epoch
+    max_label_disagreement: float | None = None  # leave out teacher-labelled faces above this NME io %
     val: str | None = None
     out: str = "runs/train"
     epochs: int = 100
@@ -65,11 +67,12 @@ class TrainSpec:
         default = TrainSpec()
         tool = "fan-distill" if self.teacher else "fan-train"
         parts = [tool, "--model", self.model]
-        for name in ("data",):
-            for d in getattr(self, name):
-                parts += ["--data", d]
+        for d in self.data:
+            parts += ["--data", d]
+        for w in self.data_weights:
+            parts += ["--data-weight", f"{w:g}"]
         for f in dataclasses.fields(self):
-            if f.name in ("model", "data", "workers", "device", "max_minutes", "max_batches", "checkpoint_minutes"):
+            if f.name in ("model", "data", "data_weights", "workers", "device", "max_minutes", "max_batches", "checkpoint_minutes"):
                 continue
             value = getattr(self, f.name)
             if value == getattr(default, f.name) or value is None:

@@ -25,8 +25,7 @@ from torch import nn
 
 from ..atomic import atomic_path, write_text_atomic
 from ..bench.evaluate import evaluate_model
-from ..data.augment import AugmentSpec
-from ..data.dataset import FaceFolder, read_folder
+from ..data.dataset import read_folder
 from ..errors import ConfigError, DataError
 from ..models import create_model, save_checkpoint
 from ..models.checkpoints import load_optimizer_state, load_weights, read_training_state
@@ -35,6 +34,7 @@ from ..models.config import FANConfig
 from ..models.fan import FAN
 from .distributed import Distributed
 from .losses import LOSSES, stack_weights, stacked_loss
+from .sources import ConcatFaces, build_datasets, epoch_pool
 from .spec import TrainSpec
 from .warm_start import warm_start
 
@@ -47,30 +47,12 @@ FINAL = "final.safetensors"
 log = logging.getLogger("fan_edge.train")
 
 
-class ConcatFaces(torch.utils.data.Dataset):
-    """Several face folders as one dataset, sharing epoch and seed."""
-
-    def __init__(self, parts: list[FaceFolder]) -> None:
-        self.parts = parts
-        self.offsets = np.cumsum([0] + [len(p) for p in parts])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def set_epoch(self, epoch: int) -> None:
-        for p in self.parts:
-            p.set_epoch(epoch)
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        part = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        sample = self.parts[part][index - int(self.offsets[part])]
-        sample["index"] = np.int64(index)
-        return sample
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
-    """This rank's batches of one epoch: a seeded permutation, dealt round-robin, last partial batch dropped."""
-    order = np.random.default_rng([seed, epoch, 7919]).permutation(n)
+def epoch_batches(n: int | np.ndarray, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's batches of one epoch: a seeded permutation of ``range(n)`` (or of a pool of indices,
+    :func:`fan_edge.train.sources.epoch_pool`), dealt round-robin, last partial batch dropped."""
+    pool = np.asarray(n) if isinstance(n, np.ndarray) else np.arange(n)
+    order = pool[np.random.default_rng([seed, epoch, 7919]).permutation(len(pool))]
+    n = len(pool)
     usable = (n // (batch_size * world)) * batch_size * world
     mine = order[:usable][rank::world]
     return [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
@@ -115,26 +97,7 @@ def build_model(spec: TrainSpec) -> FAN:
     return model
 
 
-def _datasets(spec: TrainSpec, model: FAN, require_points: bool, teacher_size: int | None = None) -> ConcatFaces:
-    if not spec.data:
-        raise DataError("no training data: give at least one --data folder")
-    augment = AugmentSpec(
-        flip=spec.flip,
-        rotation=spec.rotation,
-        scale=(spec.scale_min, spec.scale_max),
-        shift=spec.shift,
-        color=spec.color,
-        occlusion=spec.occlusion,
-    )
-    parts = [
-        FaceFolder(d, model.config.input_size, model.config.crop, augment, spec.sigma, spec.seed, require_points=require_points,
-                   teacher_size=teacher_size)
-        for d in spec.data
-    ]
-    return ConcatFaces(parts)
-
-
-def _optimizer(spec: TrainSpec, params: Any) -> torch.optim.Optimizer:
+def make_optimizer(spec: TrainSpec, params: Any) -> torch.optim.Optimizer:
     if spec.optimizer == "adam":
         return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
     if spec.optimizer == "adamw":
@@ -157,11 +120,15 @@ def lr_factor(spec: TrainSpec, progress: float) -> float:
     raise ConfigError(f"unknown schedule {spec.schedule!r}; expected cosine or step")
 
 
-def _card(spec: TrainSpec, model: FAN, figures: dict[str, float], epoch: int) -> dict[str, Any]:
+def _card(spec: TrainSpec, model: FAN, figures: dict[str, float], epoch: int, dataset: ConcatFaces,
+          history: list[dict[str, Any]]) -> dict[str, Any]:
+    seconds = [h["seconds"] for h in history if isinstance(h.get("seconds"), (int, float))]
     return {
         "recipe": spec.command(),
         "train_spec": spec.to_dict(),
-        "data": {"train": spec.data, "validation": spec.val, "boxes": "ground-truth landmark boxes"},
+        "data": {"train": spec.data, "validation": spec.val, "boxes": "ground-truth landmark boxes",
+                 "sources": [s.to_dict() for s in dataset.sources]},
+        "epoch_seconds": round(float(np.median(seconds)), 1) if seconds else None,
         "seed": spec.seed,
         "epoch": epoch,
         "parameters": count_parameters(model),
@@ -215,14 +182,14 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
             )
     model.to(dist.device)
     model.train()
-    dataset = _datasets(spec, model, require_points=teacher is None,
+    dataset = build_datasets(spec, model, require_points=teacher is None,
                         teacher_size=None if teacher is None else teacher.config.input_size)
     if spec.val is not None:
         read_folder(spec.val)  # a bad --val is a one-line error now, not after the first epoch
     if teacher is not None:
         _box_unlabeled(dataset, teacher, model, dist.device)
     net: nn.Module = dist.wrap(model)
-    optimizer = _optimizer(spec, net.parameters())
+    optimizer = make_optimizer(spec, net.parameters())
     if state is not None:
         load_optimizer_state(optimizer, state["optimizer"], last_path)
     weights = stack_weights(model.config.stacks, spec.stack_weights)
@@ -235,6 +202,8 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
         log.info("model %s: %d params, %.3f GMACs, %d faces, device %s, world %d",
                  spec.model, count_parameters(model), count_macs(model, model.config.input_size) / 1e9,
                  len(dataset), dist.device, dist.world)
+        for source in dataset.sources:
+            log.info("data %s", source.describe())
 
     stop = {"flag": False}
 
@@ -256,7 +225,8 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     try:
         for epoch in range(start_epoch, spec.epochs):
             dataset.set_epoch(epoch)
-            batches = epoch_batches(len(dataset), spec.batch_size, spec.seed, epoch, dist.rank, dist.world)
+            batches = epoch_batches(epoch_pool(dataset, spec.seed, epoch), spec.batch_size, spec.seed, epoch, dist.rank, dist.world)
+            epoch_started = time.monotonic()
             first = start_batch if epoch == start_epoch else 0
             loader = torch.utils.data.DataLoader(
                 dataset, batch_sampler=batches[first:], num_workers=spec.workers, persistent_workers=False,
@@ -302,14 +272,16 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
             if progress is not None:
                 progress.close()
             entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
+            if first == 0:  # a whole epoch in this process: its time is what a card reports
+                entry["seconds"] = round(time.monotonic() - epoch_started, 1)
             if dist.is_main and spec.val and ((epoch + 1) % spec.val_every == 0 or epoch + 1 == spec.epochs):
                 figures = _validate(model, spec, dist.device)
                 entry.update(figures)
                 if not best or figures["nme_io"] < best["nme_io"]:
                     best = dict(figures, epoch=epoch + 1)
-                    save_checkpoint(model, out / BEST, _card(spec, model, figures, epoch + 1))
+                    save_checkpoint(model, out / BEST, _card(spec, model, figures, epoch + 1, dataset, history))
             elif dist.is_main and not spec.val:
-                save_checkpoint(model, out / BEST, _card(spec, model, {}, epoch + 1))
+                save_checkpoint(model, out / BEST, _card(spec, model, {}, epoch + 1, dataset, history))
             history.append(entry)
             if dist.is_main:
                 log.info("epoch %d/%d %s", epoch + 1, spec.epochs,
@@ -324,7 +296,7 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     if dist.is_main:
         # The weights at the end of the schedule, selected by nothing: what zoo models ship.
         final_figures = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss")}
-        save_checkpoint(model, out / FINAL, _card(spec, model, final_figures, spec.epochs))
+        save_checkpoint(model, out / FINAL, _card(spec, model, final_figures, spec.epochs, dataset, history))
         log.info("done: final %s, best %s", json.dumps(final_figures), json.dumps(best))
     return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out)}
 
