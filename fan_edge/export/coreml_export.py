@@ -21,7 +21,7 @@ Prediction needs macOS (Core ML itself): on other systems the export is
 checked by loading its spec back (inputs, outputs, shapes, metadata), and the
 parity status says "exported; prediction needs macOS". The package is built
 whole in the staging folder and moved into place as one folder
-(:mod:`fan_edge.export._files`).
+(:mod:`fan_edge.export.staging`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from ..runtime.contract import METADATA_KEY, ModelContract
+from ..runtime.contract import METADATA_KEY, OUTPUT_ROLES, ModelContract
+from .descriptions import describe
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME, INPUT_NAME
 from .tflite_export import _first_line, _silenced
@@ -103,9 +104,14 @@ def build_coreml(job: ExportJob):
     job.contract = job.contract.replace(extra=extra)
     c = job.contract
     model.user_defined_metadata[METADATA_KEY] = c.to_json()
-    model.author = "fan-edge"
-    model.version = __version__
-    model.short_description = f"FAN {c.model} {c.precision} ({c.outputs}): RGB in [0, 1], NCHW {c.input_size}x{c.input_size}; contract in metadata {METADATA_KEY!r}"
+    info = describe(c)
+    model.author = info.author
+    model.license = info.license
+    model.version = info.version
+    model.short_description = f"{info.description} Contract JSON in metadata {METADATA_KEY!r}."
+    model.input_description[c.input_name] = info.input
+    for name, role in zip(c.output_names, OUTPUT_ROLES[c.outputs]):
+        model.output_description[name] = info.outputs[role]
     return model
 
 
@@ -126,6 +132,8 @@ def check_spec(path: str | Path, contract: ModelContract) -> None:
     s = contract.input_size
     if ranges != [(1, MAX_BATCH), (3, 3), (s, s), (s, s)]:
         raise ExportError(f"{path}: input shape ranges {ranges} are not (1..{MAX_BATCH}, 3, {s}, {s})")
+    if not desc.metadata.license or not desc.input[0].shortDescription or not all(o.shortDescription for o in desc.output):
+        raise ExportError(f"{path}: the spec lacks its licence or a description of an input or output")
     embedded = dict(desc.metadata.userDefined).get(METADATA_KEY)
     if embedded is None or ModelContract.from_json(embedded) != contract:
         raise ExportError(f"{path}: the contract in the package's metadata is missing or differs")

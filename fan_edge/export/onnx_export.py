@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExportError
-from ..runtime.contract import METADATA_KEY, ModelContract
+from ..runtime.contract import METADATA_KEY, OUTPUT_ROLES, ModelContract
+from .descriptions import describe, numeric_version
 from .int8 import float_layers, is_float_conv_weight
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME, INPUT_NAME
@@ -286,7 +287,18 @@ def embed_contract(proto, contract: ModelContract):
     entry.value = contract.to_json()
     proto.producer_name = "fan-edge"
     proto.producer_version = __version__
-    proto.doc_string = f"FAN {contract.model} {contract.precision} ({contract.outputs}); contract in metadata_props[{METADATA_KEY!r}]"
+    info = describe(contract)
+    proto.doc_string = (f"{info.name} {info.version}. {info.description} Contract JSON in metadata_props[{METADATA_KEY!r}]. "
+                        f"Author: {info.author}. Licence: {info.license}")
+    proto.model_version = numeric_version()
+    proto.graph.doc_string = info.description
+    roles = dict(zip(contract.output_names, OUTPUT_ROLES[contract.outputs]))
+    for value in proto.graph.input:
+        if value.name == contract.input_name:
+            value.doc_string = info.input
+    for value in proto.graph.output:
+        if value.name in roles:
+            value.doc_string = info.outputs[roles[value.name]]
     return proto
 
 

@@ -45,7 +45,10 @@ Pipeline (each step a function over flatbuffer bytes):
    parity report reads it there in a landmarks model), and the contract goes
    into the model's metadata (``Model.metadata`` entry ``fan_edge.contract``,
    JSON text in a buffer: readable with any flatbuffer reader of the TFLite
-   schema, e.g. ``ai_edge_litert.tools.flatbuffer_utils``).
+   schema, e.g. ``ai_edge_litert.tools.flatbuffer_utils``), beside the
+   standard ``TFLITE_METADATA`` that Android Studio and TFLite Support read,
+   with the contract also as an associated file zipped onto the model
+   (:mod:`fan_edge.export.tflite_metadata`).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ from ..errors import ExportError
 from ..runtime.contract import METADATA_KEY
 from .int8 import float_layers, matches, tflite_scope
 from .job import ExportJob
+from .descriptions import CONTRACT_FILE
 from .metadata import HEATMAPS_NAME, INPUT_NAME
 from .onnx_export import _quiet
 
@@ -466,12 +470,15 @@ def io_quantization(data: bytes) -> dict[str, Any]:
 
 
 def embed_contract(data: bytes, contract) -> bytes:
-    """Put the contract in ``Model.metadata`` under :data:`METADATA_KEY` (replacing any earlier one)."""
+    """Put the contract in ``Model.metadata`` under :data:`METADATA_KEY` (replacing any earlier one), with the
+    standard ``TFLITE_METADATA`` written from the same contract (:mod:`fan_edge.export.tflite_metadata`)."""
     from ai_edge_litert import schema_py_generated as schema
 
     from .. import __version__
+    from .tflite_metadata import attach_metadata, model_metadata
 
     model = read_model(data)
+    attach_metadata(model, model_metadata(model, contract))
     model.metadata = [m for m in (model.metadata or []) if _text(m.name) != METADATA_KEY]
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(contract.to_json().encode("utf-8"), dtype=np.uint8)
@@ -516,7 +523,10 @@ def build_tflite(job: ExportJob) -> bytes:
         extra["quantized_io"] = quantized
     job.contract = job.contract.replace(layout="NHWC", batch=STATIC_BATCH, extra=extra)
     check_static_batch(model, STATIC_BATCH)
+    from .tflite_metadata import append_associated_files
+
     model = embed_contract(model, job.contract)
+    model = append_associated_files(model, {CONTRACT_FILE: job.contract.to_json(indent=2).encode("utf-8")})
     _check_loads(model, job.contract)
     return model
 
