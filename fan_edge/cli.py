@@ -14,6 +14,11 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .errors import FanEdgeError
+from .extras import missing_extra
+from .limits import (
+    MAX_BATCH_SIZE, MAX_INPUT_SIZE, MAX_THREADS, MAX_WORKERS, batch_arg, input_size_arg, loader_workers_arg, threads_arg,
+    workers_arg,
+)
 
 
 def _model_arg(parser: argparse.ArgumentParser, positional: bool = True) -> None:
@@ -102,8 +107,10 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import draw_faces, parse_boxes, predict_photo, write_image
+    from .predict import check_image_output, draw_faces, parse_boxes, predict_photo, write_image
 
+    if args.out:
+        check_image_output(args.out)  # before the photo is decoded and the model run
     boxes = parse_boxes(args.boxes) if args.boxes is not None else None
     result, image = predict_photo(
         args.image, args.model, boxes, backend=args.backend, device=args.device, threads=args.threads,
@@ -144,11 +151,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_label(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from .atomic import check_writable
     from .label import LabelSpec, Thresholds, label_folder
 
     def limit(value: float) -> float | None:
         return None if value < 0 else value
 
+    check_writable(args.out, "--out", kind="folder")  # before the teachers load
     spec = LabelSpec(
         source=Path(args.dir), out=Path(args.out), teachers=tuple(args.teacher),
         boxes=Path(args.boxes) if args.boxes else None, all_faces=args.all_faces, copy=args.copy,
@@ -210,9 +219,29 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             raise
         print(f"{parser.prog}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        # The bounds of fan_edge.limits keep every single size sane; a combination of them (a big batch of big
+        # inputs on a small machine) can still run out of memory, and that is one line too, not a traceback.
+        if args.debug or not _out_of_memory(exc):
+            raise
+        print(f"{parser.prog}: error: out of memory ({_one_line(exc)[:160]}); try a smaller batch, input size or model",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        # A toolkit command in a runtime-only install (numpy, OpenCV and one backend): name the extra, not a traceback.
+        message = missing_extra(exc)
+        if args.debug or message is None:
+            raise
+        print(f"{parser.prog}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: Python's MemoryError, or torch's CPU and CUDA allocators' errors."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(exc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="landmark accuracy on a folder of images with .pts")
     _model_arg(p)
     p.add_argument("--data", required=True, help="folder of images with .pts annotations")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=batch_arg, default=16, help=f"faces per forward pass (1..{MAX_BATCH_SIZE}; default 16)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_cmd_eval)
 
@@ -260,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print boxes, points and scores as JSON")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "litert"))
     p.add_argument("--device", default="auto", help="auto, cpu, gpu, npu, or a backend's own (cuda, tensorrt, qnn, coreml, gpu.1...)")
-    p.add_argument("--threads", type=int, help="intra-op threads of the backend (default: its own)")
+    p.add_argument("--threads", type=threads_arg, help=f"intra-op threads of the backend (1..{MAX_THREADS}; default: its own)")
     p.add_argument("--refine-passes", type=int, metavar="N",
                    help="re-box each face from its landmarks and predict again N times (default 1 for detected faces, 0 for --boxes)")
     p.add_argument("--scan-size", type=int, metavar="PX",
@@ -300,9 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan-size", type=int, default=SCAN_SIZE, metavar="PX", help=f"long side photos are resized to for "
                    f"detection (default {SCAN_SIZE})")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda for the FAN teachers")
-    p.add_argument("--workers", type=int, metavar="N", help=f"processes labelling images, one torch thread each (default: one "
+    p.add_argument("--workers", type=workers_arg, metavar="N",
+                   help=f"processes labelling images (1..{MAX_WORKERS}), one torch thread each (default: one "
                    f"per core, at most {MAX_DEFAULT_WORKERS}; 1: in this process)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads per process (default: the cores shared out)")
+    p.add_argument("--threads", type=threads_arg, metavar="N",
+                   help=f"torch threads per process (1..{MAX_THREADS}; default: the cores shared out)")
     p.add_argument("--skip-unreadable", action="store_true", help="record unreadable images and go on (default: stop "
                    "with an error naming the file)")
     p.add_argument("--trust", action="store_true", help="allow TorchScript archives, which run code on loading")
@@ -327,6 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return _run(build_parser(), argv)
+
+
+# TrainSpec fields whose flags are bounded at parse time (fan_edge.limits): a typo such as --batch-size 1600000 or
+# --input-size 65536 is a one-line usage error, not a traceback after allocating tens of gigabytes.
+_SPEC_TYPES: dict[str, Callable[[str], int]] = {
+    "batch_size": batch_arg, "input_size": input_size_arg, "workers": loader_workers_arg,
+}
 
 
 def _spec_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
@@ -360,7 +398,7 @@ def _spec_arguments(parser: argparse.ArgumentParser, distill: bool) -> None:
                                 help="start from this checkpoint's or zoo model's weights (same width; any input size; "
                                      "extra stacks copy its last stack)")
             continue
-        parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+        parser.add_argument(flag, type=_SPEC_TYPES.get(f.name, kind), default=default, help=f"default: {default}")
 
 
 def _spec_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -399,11 +437,11 @@ def _train_parser(distill: bool) -> argparse.ArgumentParser:
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_train_parser(distill=False), argv)
+    return _run_built("fan-train", lambda: _train_parser(distill=False), argv)
 
 
 def distill_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_train_parser(distill=True), argv)
+    return _run_built("fan-distill", lambda: _train_parser(distill=True), argv)
 
 
 # fan-prune's fine-tuning defaults: the bundled default's own recipe (AdamW with weight decay keeps int8 export working).
@@ -439,6 +477,7 @@ def _prune_parser() -> argparse.ArgumentParser:
         actions["init"].help = argparse.SUPPRESS
 
     def handler(args: argparse.Namespace) -> int:
+        from .atomic import check_writable
         from .errors import ConfigError
         from .quantize.pruning.job import PruneSpec, command_line, run_prune
         from .train import TrainSpec
@@ -462,6 +501,7 @@ def _prune_parser() -> argparse.ArgumentParser:
                          round_to=args.round_to, teacher=args.teacher)
         values = _spec_values(args)
         values["data"] = values["data"] or []
+        check_writable(values["out"], "--out", kind="folder")  # before the model loads and the pruning runs
         argv = sys.argv[1:] if args.argv is None else args.argv
         result = run_prune(spec, TrainSpec(**values), fresh=args.fresh, command=command_line(list(argv)),
                            log=lambda msg: print(msg, file=sys.stderr))
@@ -469,6 +509,21 @@ def _prune_parser() -> argparse.ArgumentParser:
 
     parser.set_defaults(handler=handler, argv=None)
     return parser
+
+
+def _run_built(prog: str, build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None,
+               record_argv: bool = False) -> int:
+    """Build a command's parser and run it; a parser that needs a missing extra (its flags come from torch-side
+    modules) is the same one-line error as a handler that does."""
+    try:
+        parser = build()
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if message is None or "--debug" in (sys.argv[1:] if argv is None else argv):
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    return _run_recording_argv(parser, argv) if record_argv else _run(parser, argv)
 
 
 def _run_recording_argv(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
@@ -479,7 +534,7 @@ def _run_recording_argv(parser: argparse.ArgumentParser, argv: Sequence[str] | N
 
 
 def prune_main(argv: Sequence[str] | None = None) -> int:
-    return _run_recording_argv(_prune_parser(), argv)
+    return _run_built("fan-prune", _prune_parser, argv, record_argv=True)
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -499,7 +554,8 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="fp32", metavar="{fp32,fp16,int8}", help="default fp32; a comma list exports several")
     parser.add_argument("--calib", metavar="DIR", help="calibration faces (images with .pts) for int8; also the default --verify folder")
     parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="faces used for int8 calibration, spread over the folder (default 128)")
-    parser.add_argument("--input-size", type=int, metavar="N", help="override the model's input resolution")
+    parser.add_argument("--input-size", type=input_size_arg, metavar="N",
+                        help=f"override the model's input resolution (up to {MAX_INPUT_SIZE})")
     parser.add_argument("--outputs", choices=("heatmaps", "landmarks"), default="heatmaps",
                         help="heatmaps (default), or landmarks: decoding inside the graph, (x, y) crop pixels and scores")
     parser.add_argument("--output", metavar="PATH", help="artifact path (or folder); default ./NAME-PRECISION[-landmarks].SUFFIX")
@@ -566,7 +622,7 @@ def _export_parser() -> argparse.ArgumentParser:
 
 
 def export_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_export_parser(), argv)
+    return _run_built("fan-export", _export_parser, argv)
 
 
 def _profile_parser() -> argparse.ArgumentParser:
@@ -580,7 +636,8 @@ def _profile_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="{adb,ssh}")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the runtime's own)")
+        p.add_argument("--threads", type=threads_arg, metavar="N",
+                       help=f"inference threads (1..{MAX_THREADS}; default: the runtime's own)")
         p.add_argument("--runs", type=int, default=100, metavar="N", help="timed runs (default 100)")
         p.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed runs first (default 10)")
         p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="limit for each step in seconds (default 600)")
@@ -659,7 +716,7 @@ def _print_profile(row: dict[str, Any], args: argparse.Namespace) -> int:
 
 
 def profile_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_profile_parser(), argv)
+    return _run_built("fan-profile", _profile_parser, argv)
 
 
 def _bench_parser() -> argparse.ArgumentParser:
@@ -685,7 +742,8 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib", metavar="DIR", help="int8 calibration faces (default: ../shared/data/300w/helen_train beside the "
                         "checkout if present, else --data)")
     parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="faces used for int8 calibration (default 128)")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every runtime (default 2)")
+    parser.add_argument("--threads", type=threads_arg, default=2,
+                        help=f"intra-op threads of every runtime (1..{MAX_THREADS}; default 2)")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per row (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
     parser.add_argument("--out", default="fan-bench-artifacts", metavar="DIR", help="where artifacts are exported and reused (default ./fan-bench-artifacts)")
@@ -704,6 +762,7 @@ def _bench_parser() -> argparse.ArgumentParser:
         import os
         from pathlib import Path
 
+        from .atomic import check_writable
         from .bench.pareto import plot_pareto
         from .bench.report import format_table, to_json, write_csv, write_json
         from .bench.runner import BenchOptions, default_calib_dir, run_bench
@@ -715,6 +774,11 @@ def _bench_parser() -> argparse.ArgumentParser:
         missing = [a for a in args.artifact if not Path(a).exists()]
         if missing:  # a typo is bad input, not a benchmark result (run_bench itself makes it a failed row)
             raise BenchError(f"--artifact {missing[0]}: no such file")
+        # Where the results go, checked before the benchmark runs (its files are written at the end).
+        check_writable(args.out, "--out", kind="folder")
+        for flag, path in (("--csv", args.csv), ("--plot", args.plot), ("--json", None if args.json == "-" else args.json)):
+            if path:
+                check_writable(path, flag)
         models = [m.strip() for text in (args.model or []) for m in text.split(",") if m.strip()]
         if not models and not args.artifact:
             models = ["default"]
@@ -752,7 +816,7 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 
 def bench_main(argv: Sequence[str] | None = None) -> int:
-    return _run(_bench_parser(), argv)
+    return _run_built("fan-bench", _bench_parser, argv)
 
 
 # fan-quantize --qat fine-tuning defaults: a short, gentle schedule from a converged model (AdamW, the zoo recipe's
@@ -811,7 +875,7 @@ def _quantize_parser() -> argparse.ArgumentParser:
         import shlex
         from pathlib import Path
 
-        from .atomic import write_text_atomic
+        from .atomic import check_writable, write_text_atomic
         from .calibration import FaceCrops, calibration_faces
         from .errors import ConfigError
         from .models import create_model
@@ -839,7 +903,7 @@ def _quantize_parser() -> argparse.ArgumentParser:
         if args.sensitivity:
             from .quantize.sensitivity import measure_sensitivity
 
-            out = Path(args.out or "runs/sensitivity")
+            out = check_writable(args.out or "runs/sensitivity", "--out", kind="folder")  # before the long measurement
             model = create_model(args.model).eval()
             cfg = model.config
             calib = calibration_faces(args.calib or args.data[0], cfg.input_size, cfg.crop, args.calib_faces)
@@ -857,6 +921,7 @@ def _quantize_parser() -> argparse.ArgumentParser:
 
         values = _spec_values(args)
         values["out"] = args.out or "runs/qat"
+        check_writable(values["out"], "--out", kind="folder")  # before the model loads and training starts
         values["teacher"] = None if args.teacher == "none" else (args.model if args.teacher == "self" else args.teacher)
         spec = QATSpec(TrainSpec(**values), calib=args.calib, calib_faces=args.calib_faces, keep_float=list(args.keep_float))
         argv = sys.argv[1:] if args.argv is None else args.argv
@@ -869,7 +934,7 @@ def _quantize_parser() -> argparse.ArgumentParser:
 
 
 def quantize_main(argv: Sequence[str] | None = None) -> int:
-    return _run_recording_argv(_quantize_parser(), argv)
+    return _run_built("fan-quantize", _quantize_parser, argv, record_argv=True)
 
 
 if __name__ == "__main__":

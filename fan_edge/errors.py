@@ -40,3 +40,19 @@ class ProfileError(FanEdgeError):
 
 class BenchError(FanEdgeError):
     """A benchmark that cannot be run as asked (targets, artifacts, options)."""
+
+
+class OutputError(FanEdgeError):
+    """An output that cannot be written: a folder where a file goes, a parent that is a file, a read-only folder.
+
+    Raised by :func:`fan_edge.atomic.check_writable` before a command's long work, so that a wrong path costs a
+    second, not the run, and leaves nothing half-written behind.
+    """
+
+
+class BoxError(DataError, ValueError):
+    """A face box that cannot be cropped: not finite, empty, under a pixel, or absurdly large for its image.
+
+    A DataError like every bad input (one line from the CLI) and a ValueError,
+    as numerical code expects from the crop functions that raise it.
+    """

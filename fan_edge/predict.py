@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, check_writable
 from .errors import ConfigError, DataError
 from .runtime.cache import cache_dir
+from .runtime.crop import check_boxes
 from .runtime.detect import SCAN_SIZE, DlibHogDetector, Faces, detect_and_predict
 from .runtime.image import to_uint8
 from .runtime.session import LandmarkSession
@@ -101,14 +102,15 @@ def parse_boxes(text: str) -> np.ndarray:
             fields = [f.strip() for f in part.split(",")]
             if len(fields) != 4:
                 raise DataError(f"box {part!r}: expected x1,y1,x2,y2")
-            values.append(fields)
+            try:
+                values.append([float(f) for f in fields])
+            except ValueError:
+                raise DataError(f"boxes must be numbers: {text[:80]!r}") from None
         if not values:
             raise DataError("--boxes is empty; expected x1,y1,x2,y2[;x1,y1,x2,y2...] or a JSON file")
-    try:
-        boxes = np.array(values, dtype=np.float64).reshape(-1, 4)
-    except (TypeError, ValueError):
-        raise DataError(f"boxes must be numbers: {text[:80]!r}") from None
-    return boxes
+    # Finite, ordered, at least a pixel, no JSON booleans, strings or integers beyond float64: checked here, at the
+    # flag; the image's own bounds once it is read (predict_photo).
+    return check_boxes(values)
 
 
 @dataclass(frozen=True)
@@ -162,10 +164,14 @@ def predict_photo(
     given boxes (taken as the caller's exact boxes). The image stays at its
     own depth (the session converts each face's window only), so a large
     photo costs its decoded bytes, not a float copy four times their size.
+    The photo is taken as displayed (its EXIF orientation applied): ``boxes``
+    and the points returned are in that frame, the one a viewer shows.
     """
     from .data.images import read_image
 
     image = read_image(image_path)
+    if boxes is not None:  # against the photo as displayed, before a slow first export of the model
+        boxes = check_boxes(boxes, image.shape[1], image.shape[0])
     artifact = resolve_artifact(model, backend, trust=trust, log=log)
     with LandmarkSession(artifact, backend=backend, device=device, threads=threads) as session:
         detector = DlibHogDetector(scan_size=scan_size or SCAN_SIZE) if boxes is None else None
@@ -197,14 +203,25 @@ def draw_faces(image: np.ndarray, faces: Faces) -> np.ndarray:
     return canvas
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def check_image_output(path: str | Path) -> Path:
+    """``--out`` checked before the photo is decoded and the model run: an image suffix, and a path that can be
+    written (not a folder, its parent a writable folder); a one-line error otherwise, with nothing written."""
+    out = Path(path)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(f"{out}: --out must end in .png (or .jpg, .bmp, .webp, .tif)")
+    check_writable(out, "--out")
+    return out
+
+
 def write_image(path: str | Path, bgr: np.ndarray) -> Path:
     """Encode by the file's suffix (.png, .jpg, ...) and write atomically."""
     import cv2
 
-    out = Path(path)
+    out = check_image_output(path)
     suffix = out.suffix.lower()
-    if suffix not in (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"):
-        raise DataError(f"{out}: --out must end in .png (or .jpg, .bmp, .webp, .tif)")
     ok, data = cv2.imencode(suffix, bgr)
     if not ok:
         raise DataError(f"{out}: OpenCV cannot encode {suffix}")

@@ -147,3 +147,25 @@ def micro_tflite(tmp_path_factory) -> Path:
     checkpoint = save_checkpoint(model, folder / "micro.safetensors", card={"description": "test model, random weights"})
     (result,) = export_model(str(checkpoint), "tflite", "fp32", output=folder / "micro.tflite", verify=False)
     return result.path
+
+
+def fan_edge_package(path: Path, files: dict[str, str] | None = None) -> Path:
+    """A folder shaped like a Core ML package fan-edge wrote (``Manifest.json``, a model spec holding a fan-edge
+    contract as its metadata entry) without coremltools, plus ``files`` (relative path: text). fan-export replaces
+    only such folders (fan_edge.export.staging.fan_edge_package)."""
+    import json
+
+    from fan_edge.runtime.contract import METADATA_KEY
+
+    spec = "com.apple.CoreML/model.mlmodel"
+    manifest = {"fileFormatVersion": "1.0.0", "rootModelIdentifier": "root",
+                "itemInfoEntries": {"root": {"author": "com.apple.CoreML", "name": "model.mlmodel", "path": spec}}}
+    key, value = METADATA_KEY.encode(), json.dumps({"input_size": 64, "heatmap_size": 16}).encode()
+    entry = b"\x0a" + bytes([len(key)]) + key + b"\x12" + bytes([len(value)]) + value
+    (path / "Data" / spec).parent.mkdir(parents=True, exist_ok=True)
+    (path / "Manifest.json").write_text(json.dumps(manifest))
+    (path / "Data" / spec).write_bytes(b"\x08\x07" + entry)
+    for name, text in (files or {}).items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    return path

@@ -10,9 +10,11 @@ import pytest
 
 ct = pytest.importorskip("coremltools", reason="Core ML export needs the coreml extra: pip install -c constraints.txt -e '.[coreml]'")
 
+from conftest import fan_edge_package  # noqa: E402
 from fan_edge.cli import export_main  # noqa: E402
 from fan_edge.export import coreml_export, export_model  # noqa: E402
-from fan_edge.export._files import Staging  # noqa: E402
+from fan_edge.errors import ExportError  # noqa: E402
+from fan_edge.export.staging import Staging  # noqa: E402
 from fan_edge.runtime.contract import METADATA_KEY, ModelContract, sidecar_path  # noqa: E402
 
 STATUS = "exported; prediction needs macOS"
@@ -101,18 +103,21 @@ def test_cli_needs_no_faces_and_says_why_it_did_not_verify(tiny_checkpoint, tmp_
 
 
 def test_reexport_replaces_an_older_package_whole(tiny_checkpoint, tmp_path):
-    out = tmp_path / "m.mlpackage"
-    (out / "stale").mkdir(parents=True)
-    (out / "stale" / "old.bin").write_bytes(b"OLD")
+    out = fan_edge_package(tmp_path / "m.mlpackage", {"stale/old.bin": "OLD"})  # one fan-edge wrote
     (r,) = export_model(str(tiny_checkpoint), "coreml", "fp32", output=out, verify=False)
     assert r.path == out and not (out / "stale").exists() and (out / "Manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mlpackage", "m.mlpackage.json"]  # no staging left
+    # A folder fan-edge did not write is never replaced, whatever its name.
+    mine = tmp_path / "user.mlpackage"
+    (mine / "notes").mkdir(parents=True)
+    (mine / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="did not write"):
+        export_model(str(tiny_checkpoint), "coreml", "fp32", output=mine, verify=False)
+    assert (mine / "notes" / "keep.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes"]
 
 
 def test_failed_export_leaves_no_partial_folder_and_keeps_the_older_one(tiny_checkpoint, tmp_path, monkeypatch):
-    out = tmp_path / "m.mlpackage"
-    (out / "Data").mkdir(parents=True)
-    (out / "Data" / "weights.bin").write_bytes(b"OLD WEIGHTS")
+    out = fan_edge_package(tmp_path / "m.mlpackage", {"Data/weights.bin": "OLD WEIGHTS"})
     sidecar_path(out).write_text('{"old": true}')
     before = _tree(out)
 
@@ -128,9 +133,7 @@ def test_failed_export_leaves_no_partial_folder_and_keeps_the_older_one(tiny_che
 
 
 def test_folder_commit_puts_the_older_folder_back_when_the_move_fails(tmp_path, monkeypatch):
-    final = tmp_path / "m.mlpackage"
-    final.mkdir()
-    (final / "a").write_text("old")
+    final = fan_edge_package(tmp_path / "m.mlpackage", {"a": "old"})
     with Staging(final) as staging:
         staged = staging.path(final)
         staged.mkdir()

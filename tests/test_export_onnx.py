@@ -153,7 +153,7 @@ def test_user_errors_are_one_line(tiny_checkpoint, synthetic_faces, tmp_path, ca
 
     from fan_edge.export.exporter import TARGETS
 
-    base = ["--model", str(tiny_checkpoint), "--no-verify", "--output", str(tmp_path / "x")]
+    base = ["--model", str(tiny_checkpoint), "--no-verify", "--output", str(tmp_path / "x") + "/"]  # a folder
     monkeypatch.setitem(TARGETS, "coreml", dataclasses.replace(TARGETS["coreml"], exporter=None))
     assert export_main(["--target", "coreml", *base]) == 2
     err = capsys.readouterr().err.strip()

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from fan_edge.atomic import TEMP_NAME
-from fan_edge.export._files import JOURNAL, TEMP_FOLDER, Staging, recover_exports
+from conftest import fan_edge_package
+from fan_edge.atomic import LOCK_TAG, RECORD_SUFFIX, RECORD_TAG, STAGING_FOLDER, make_temporary, temporary_owner
+from fan_edge.export.staging import EXPORT_ROLE, JOURNAL, Staging, recover_exports
 
 EXPORT_KILLS = 5  # fan-export (ONNX + OpenVINO) processes killed at seeded random moments
 TRAIN_KILLS = 5  # fan-train processes killed at seeded random moments
@@ -53,19 +54,28 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _owner(name: str) -> int | None:
-    """The writer's pid in a temporary's name (atomic_path's file, an export's folder), else None."""
-    match = TEMP_NAME.match(name) or TEMP_FOLDER.match(name)
-    return int(match["pid"]) if match else None
+def _record_pid(path: Path, tag: str) -> int | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("pid") if isinstance(data, dict) and data.get("tag") == tag else None
 
 
 def _dead_temporaries(folder: Path, pids: set[int]) -> dict[Path, int]:
-    """The dot entries of ``folder`` and their writers, each of which must be one of the dead ``pids``."""
+    """The temporaries in ``folder`` (all in its .fan-edge-tmp/) and their writers, each of which must be one of the
+    dead ``pids``; the other entries there (owner records, locks) must be theirs too."""
     found = {}
-    for entry in folder.iterdir() if folder.exists() else []:
-        if entry.name.startswith("."):
-            found[entry] = _owner(entry.name)
-            assert found[entry] in pids, f"unexpected entry {entry.name} after killing {sorted(pids)}"
+    dotted = [e for e in folder.iterdir() if e.name.startswith(".")] if folder.exists() else []
+    assert all(e.name == STAGING_FOLDER for e in dotted), f"unexpected entries {dotted} after killing {sorted(pids)}"
+    for entry in folder.joinpath(STAGING_FOLDER).iterdir() if dotted else []:
+        if entry.name.endswith(RECORD_SUFFIX):
+            pid = _record_pid(entry, RECORD_TAG)
+        elif entry.name.endswith(".lock"):
+            pid = _record_pid(entry, LOCK_TAG)
+        else:
+            pid = found[entry] = temporary_owner(entry)
+        assert pid in pids, f"unexpected entry {entry.name} after killing {sorted(pids)}"
     return found
 
 
@@ -101,12 +111,15 @@ def _moments(count: int, low: float, high: float, rng: random.Random) -> list[fl
 # ---- a killed writer's temporary is removed by the next write, a live writer's is not ----------------------------------
 
 _HALF_WRITE = r"""
-import os, signal, sys
+import os, signal, sys, time
 from fan_edge.atomic import atomic_path
 with atomic_path(sys.argv[1]) as tmp:
     with open(tmp, "wb") as fh:
         fh.write(b"half of a checkpoint")
         fh.flush()
+    if sys.argv[2:] == ["sleep"]:
+        print(tmp, flush=True)
+        time.sleep(120)
     os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -116,23 +129,22 @@ _WRITE = "import sys; from fan_edge.atomic import write_text_atomic; write_text_
 def test_killed_writer_leaves_the_old_file_and_the_next_write_removes_its_temporary(tmp_path):
     final = tmp_path / "report.json"
     final.write_text('{"old": true}')
-    writer = subprocess.run([sys.executable, "-c", _HALF_WRITE, str(final)], env=_env())
-    assert writer.returncode == -signal.SIGKILL
+    writer = subprocess.Popen([sys.executable, "-c", _HALF_WRITE, str(final)], env=_env())
+    assert writer.wait() == -signal.SIGKILL
     assert final.read_text() == '{"old": true}'
-    (stale,) = [p for p in tmp_path.iterdir() if p.name != "report.json"]
-    match = TEMP_NAME.match(stale.name)
-    assert match and match["name"] == "report.json" and stale.read_bytes() == b"half of a checkpoint"
+    (stale,) = _dead_temporaries(tmp_path, {writer.pid})
+    assert stale.name.startswith("report.json.") and stale.read_bytes() == b"half of a checkpoint"
 
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    live = subprocess.Popen([sys.executable, "-c", _HALF_WRITE, str(tmp_path / "other.txt"), "sleep"],
+                            stdout=subprocess.PIPE, text=True, env=_env())  # a writer still at work
     try:
-        live = tmp_path / f".report.json.{sleeper.pid}.abcd1234.tmp"  # a writer still at work
-        live.write_bytes(b"in progress")
+        working = Path(live.stdout.readline().strip())
         subprocess.run([sys.executable, "-c", _WRITE, str(tmp_path / "other.txt")], env=_env(), check=True)
         assert not stale.exists(), "the dead writer's temporary survived the next write into its folder"
-        assert live.read_bytes() == b"in progress", "a live writer's temporary was removed"
+        assert working.read_bytes() == b"half of a checkpoint", "a live writer's temporary was removed"
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        live.kill()
+        live.wait()
     subprocess.run([sys.executable, "-c", _WRITE, str(tmp_path / "other.txt")], env=_env(), check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt", "report.json"]
     assert final.read_text() == '{"old": true}'
@@ -159,9 +171,7 @@ def _commit_child(folder: Path, kill_at: int, names: list[str]) -> None:
             for final in finals:
                 staged = staging.path(final)
                 if final.suffix == ".mlpackage":
-                    (staged / "Data").mkdir(parents=True)
-                    for part in ("a", "b"):
-                        (staged / "Data" / part).write_text("new " + part)
+                    fan_edge_package(staged, {"Data/a": "new a", "Data/b": "new b"})
                 else:
                     staged.write_text("new " + final.name)
             for name in ("replace", "rename", "unlink", "rmdir"):
@@ -183,8 +193,9 @@ def _fork(target, *args) -> tuple[int, int]:
 
 
 def _tree(path: Path) -> dict[str, str]:
-    if path.is_dir():
-        return {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*")) if p.is_file()}
+    if path.is_dir():  # a package's own files (its manifest and spec) are the same in the old and the new one
+        return {str(p.relative_to(path)): p.read_text() for p in sorted(path.rglob("*"))
+                if p.is_file() and p.name not in ("Manifest.json", "model.mlmodel")}
     return {"": path.read_text()}
 
 
@@ -193,9 +204,7 @@ def _write_old(finals: list[Path]) -> None:
         if final.is_dir():
             shutil.rmtree(final)
         if final.suffix == ".mlpackage":
-            (final / "Data").mkdir(parents=True)
-            (final / "Data" / "a").write_text("old a")
-            (final / "Data" / "old-only").write_text("old")
+            fan_edge_package(final, {"Data/a": "old a", "Data/old-only": "old"})
         else:
             final.write_text("old " + final.name)
 
@@ -215,7 +224,7 @@ def _kill_commit_at_every_step(folder: Path, names: list[str]) -> int:
         assert os.waitstatus_to_exitcode(status) == -signal.SIGKILL, f"the commit child failed at step {kill_at}"
         kills += 1
         _dead_temporaries(folder, {pid})
-        journaled = any((p / JOURNAL).exists() for p in folder.iterdir() if TEMP_FOLDER.match(p.name))
+        journaled = any((p / JOURNAL).exists() for p in _dead_temporaries(folder, {pid}) if p.is_dir())
         Staging(finals[-2]).cleanup()  # what the next export into the folder does first
         assert sorted(p.name for p in folder.iterdir()) == sorted(names), f"leftovers after a kill at step {kill_at}"
         state = {n: _tree(f) for n, f in zip(names, finals)}
@@ -242,24 +251,33 @@ def _dead_pid() -> int:
     return pid
 
 
+def _staging_child(folder: Path, journal: dict) -> None:
+    """In a forked child: make an export staging folder in ``folder`` holding ``journal``, then die."""
+    staging = make_temporary(folder, "m.onnx", role=EXPORT_ROLE, directory=True)
+    (staging / "escape").write_text("new")
+    (staging / JOURNAL).write_text(json.dumps(journal))
+    os._exit(0)
+
+
 def test_recovery_leaves_live_exports_alone_and_moves_nothing_out_of_its_folder(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "m.onnx").write_text("old")
-    forged = out / f".fan-export-{_dead_pid()}-abcd1234"  # a dead writer's journal naming a file outside the folder
-    forged.mkdir()
-    (forged / "escape").write_text("new")
-    (forged / JOURNAL).write_text(json.dumps({"destination": "m.onnx", "finals": ["../escape"]}))
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    # A dead writer's journal naming a file outside the folder.
+    _fork(_staging_child, out, {"destination": "m.onnx", "finals": ["../escape"]})
+    (forged,) = [p for p in (out / STAGING_FOLDER).iterdir() if p.is_dir()]
+    live = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                             "from fan_edge.atomic import make_temporary; "
+                             "p = make_temporary(Path(sys.argv[1]), 'm.onnx', role='export', directory=True); "
+                             "(p / 'm.onnx').write_text('being written'); print(p, flush=True); time.sleep(120)", str(out)],
+                            stdout=subprocess.PIPE, text=True, env=_env())
     try:
-        live = out / f".fan-export-{sleeper.pid}-abcd1234"
-        live.mkdir()
-        (live / "m.onnx").write_text("being written")
+        working = Path(live.stdout.readline().strip())
         Staging(out / "m.onnx").cleanup()
-        assert live.is_dir() and (live / "m.onnx").read_text() == "being written", "a live export's staging was touched"
+        assert working.is_dir() and (working / "m.onnx").read_text() == "being written", "a live export's staging was touched"
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        live.kill()
+        live.wait()
     assert not forged.exists() and not (tmp_path / "escape").exists() and (out / "m.onnx").read_text() == "old"
     Staging(out / "m.onnx").cleanup()  # its writer is gone now: its staging goes, unjournaled, without a move
     assert sorted(p.name for p in out.iterdir()) == ["m.onnx"] and (out / "m.onnx").read_text() == "old"

@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -369,3 +373,50 @@ def test_real_lfw_photos(data_dir: Path, require_shared, tmp_path: Path) -> None
         assert np.all(points[:, 0] > x1 - margin) and np.all(points[:, 0] < x2 + margin), r
         assert np.all(points[:, 1] > y1 - margin) and np.all(points[:, 1] < y2 + margin), r
         assert r["flip"] < 5.0 and (len(teachers) == 1 or r["disagreement"] < 8.0), r
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found |= {int(c) for c in task.read_text().split()}
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker processes from /proc (Linux)")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_job_stops_its_workers(job, tmp_path: Path, signum: int) -> None:
+    """A job stopped by SIGTERM (or killed outright) leaves no worker process labelling its queue for nobody."""
+    spec = job()
+    originals = sorted(spec.source.glob("*.png"))
+    for k in range(30):  # enough queued images that the workers are busy when the signal comes
+        for src in originals:
+            shutil.copy(src, spec.source / f"copy{k}_{src.name}")
+    boxes = {p.name: [[40.0, 40.0, 120.0, 120.0]] for p in sorted(spec.source.glob("*.png"))}
+    spec.boxes.write_text(json.dumps(boxes))
+    cmd = [sys.executable, "-m", "fan_edge.cli", "label", str(spec.source), "--teacher", spec.teachers[0], "--boxes",
+           str(spec.boxes), "--out", str(spec.out), "--workers", "2", "--threads", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not ((spec.out / LABELS).is_file() and (spec.out / LABELS).read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2
+    proc.send_signal(signum)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers)
+    done = (spec.out / LABELS).read_text().count("\n")
+    assert done < 6 * 31  # stopped, not finished by orphans

@@ -532,7 +532,7 @@ def test_ssh_remote_failures(ssh_server, onnx_artifact, tmp_path, capsys):
         return err
 
     # -S: no site-packages, so fan_edge cannot be imported (the command runs in the server's home, not the repo)
-    assert "cannot import fan_edge; install it there: pip install 'fan-edge[onnx]'" in error_of(
+    assert "cannot import fan_edge; install it there: pip install 'fan-edge[onnxruntime]'" in error_of(
         base + ["--python", f"{shlex.quote(sys.executable)} -S"])
     assert "not found on 127.0.0.1" in error_of(base + ["--python", "/nonexistent/python3"])
     # a device the remote runtime does not have: its row comes back, exit 3

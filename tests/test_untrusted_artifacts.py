@@ -100,7 +100,9 @@ def test_sidecar_that_disagrees_with_the_graph_is_refused(tmp_path, fmt):
     path = _place(tmp_path, fmt)
     contract = ModelContract.from_json(json.dumps({**json.loads(_contract_of(path)), "num_landmarks": 5}))
     sidecar_path(path).write_text(contract.to_json())
-    assert "the contract says" in _refused(path, ContractError)
+    # The seeds carry their contract inside too: the stale sidecar is refused as disagreeing with it (a sidecar
+    # alone would be refused by the graph check, "the contract says").
+    assert "disagrees with the contract inside the artifact on num_landmarks" in _refused(path, ContractError)
     sidecar_path(path).write_text("{ not json")
     _refused(path, ContractError)
 

@@ -16,6 +16,7 @@ import torch
 
 from ..data.dataset import FaceFolder
 from ..data.metrics import LandmarkScores, score
+from ..limits import check_batch
 from ..models.fan import FAN
 from ..runtime.decode import crop_points_to_image, decode_heatmaps
 
@@ -53,7 +54,11 @@ def predict_dataset(
 
 
 def evaluate_model(model: FAN, data_dir: str | os.PathLike[str], batch_size: int = 16, device: str = "cpu") -> Evaluation:
-    """Score ``model`` on every annotated face under ``data_dir``, with its own crop settings."""
+    """Score ``model`` on every annotated face under ``data_dir``, with its own crop settings.
+
+    ``batch_size`` is bounded (:func:`fan_edge.limits.check_batch`) before any face is read.
+    """
+    check_batch(batch_size, model.config.input_size)
     dataset = FaceFolder(data_dir, model.config.input_size, crop=model.config.crop, with_heatmaps=False)
     preds, gts = predict_dataset(model, dataset, batch_size, device)
     return Evaluation(score(preds, gts), preds, gts, [item.image.name for item in dataset.items])

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import BenchError
+from ..limits import MAX_THREADS, check_int
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -32,7 +35,9 @@ def measure(fn, runs: int, warmup: int) -> np.ndarray:
 
 @torch.no_grad()
 def torch_latency(model: nn.Module, input_size: int, threads: int = 2, runs: int = 50, warmup: int = 5) -> Latency:
-    """Median and 90th-percentile latency of one eval-mode forward pass on the CPU."""
+    """Median and 90th-percentile latency of one eval-mode forward pass on the CPU (``threads`` within
+    :data:`~fan_edge.limits.MAX_THREADS`: torch starts that many)."""
+    check_int("threads", threads, 1, MAX_THREADS, BenchError)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     was_training = model.training

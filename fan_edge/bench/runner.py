@@ -42,6 +42,7 @@ import numpy as np
 from .. import __version__
 from ..atomic import write_text_atomic
 from ..errors import BenchError, FanEdgeError
+from ..limits import MAX_THREADS, check_int
 from ..runtime.bench import (
     ROW_KEYS,
     STATUS_DEVICE_ABSENT,
@@ -246,7 +247,7 @@ class ArtifactCache:
     """Which artifacts of the output folder were exported from which weights, with which options."""
 
     def __init__(self, folder: Path) -> None:
-        from ..export._files import recover_exports
+        from ..export.staging import recover_exports
 
         self.folder = folder
         self.path = folder / CACHE_MANIFEST
@@ -613,9 +614,9 @@ def run_bench(options: BenchOptions, log: Log | None = None) -> list[dict[str, A
         raise BenchError(f"--data {options.data}: not a folder")
     if options.calib is not None and not Path(options.calib).is_dir():
         raise BenchError(f"--calib {options.calib}: not a folder")
-    for value, what in ((options.threads, "threads"), (options.runs, "runs")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise BenchError(f"{what} must be a positive integer, got {value!r}")
+    check_int("threads", options.threads, 1, MAX_THREADS, BenchError)
+    if isinstance(options.runs, bool) or not isinstance(options.runs, int) or options.runs < 1:
+        raise BenchError(f"runs must be a positive integer, got {options.runs!r}")
     if options.faces is not None and options.faces < 1:
         raise BenchError(f"faces must be a positive integer, got {options.faces!r}")
     if not options.models and not options.artifacts:

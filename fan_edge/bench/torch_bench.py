@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import FanEdgeError
+from ..limits import MAX_THREADS, threads_arg
 from ..runtime.bench import (
     STATUS_DEVICE_ABSENT,
     STATUS_FAILED,
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m fan_edge.bench.torch_bench", description="PyTorch eager fp32 latency of a model (one fan-bench row)."
     )
     parser.add_argument("model", nargs="?", default="default", help="registry name or checkpoint path")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=threads_arg, default=2, help=f"torch threads (1..{MAX_THREADS}; default 2)")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu", "npu"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..runtime.crop import CropSpec, apply_affine, compose_affine, crop_matrix, resize_matrix, warp_image
+from ..errors import BoxError, DataError
+from ..runtime.crop import CropSpec, apply_affine, check_boxes, compose_affine, crop_matrix, resize_matrix, warp_image
 from ..runtime.image import to_network_input
 from .augment import AugmentSpec, Photometric, mirror_points, random_similarity
 from .heatmaps import gaussian_heatmaps
@@ -50,12 +50,23 @@ def read_folder(root: str | os.PathLike[str], require_points: bool = True) -> tu
     benchmarks): otherwise a bad file is found when its face is loaded,
     possibly hours in and inside a DataLoader worker, whose traceback wraps
     the message. Costs a header read and a small parse per face (0.15 s for
-    the 870 faces of HELEN train).
+    the 870 faces of HELEN train). The landmarks' box must be one the crop
+    takes (:func:`~fan_edge.runtime.crop.check_boxes` against the image's
+    displayed size): a .pts of 1e300 coordinates is refused here, not as a
+    crash inside a data loader.
     """
     items = scan_folder(root, require_points)
+    points: list[np.ndarray | None] = []
     for item in items:
-        check_image_file(item.image)
-    return items, [None if item.pts is None else read_pts(item.pts) for item in items]
+        width, height = check_image_file(item.image)
+        pts = None if item.pts is None else read_pts(item.pts)
+        if pts is not None:
+            try:
+                check_boxes(landmark_boxes(pts[None]), width, height)
+            except BoxError as exc:
+                raise DataError(f"{item.pts}: the landmarks' {exc}") from None
+        points.append(pts)
+    return items, points
 
 
 class FaceFolder:

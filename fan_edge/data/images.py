@@ -1,17 +1,24 @@
-"""Reading images from disk into the runtime's RGB layout.
+"""Reading images from disk into the runtime's RGB layout, the way photo viewers show them.
 
 Every failure is a one-line :class:`~fan_edge.errors.DataError` naming the
 file: missing, empty, not an image, an unsupported depth, or too large. The
-size limit is checked on the file's header before anything is decoded, so a
-20000 x 20000 photo (1.2 GB as RGB, 4.8 GB as float) is refused for the cost
-of reading a few bytes instead of being decoded first. What the codecs
-print while decoding a damaged file (libpng, libjpeg, libtiff write to the
-terminal themselves) becomes part of that one line, or one logged warning
-when the file still decodes.
+size is read from the file's header (:mod:`fan_edge.data.headers`, every
+format OpenCV decodes) and checked before anything is decoded: a 297 KB GIF
+of 20000 x 20000 or a 14 MB Radiance file of 15000 x 15000 is refused for the
+cost of reading a few hundred bytes, where decoding it first cost 3.1 and
+5.2 GB. A file whose header cannot be read is refused, never decoded to find
+out. What the codecs print while decoding a damaged file (libpng, libjpeg,
+libtiff write to the terminal themselves) becomes part of that one line, or
+one logged warning when the file still decodes.
+
+The EXIF orientation (JPEG, PNG, WebP, TIFF) is applied, as every viewer
+applies it: a phone photo stored sideways comes out upright, and boxes and
+points are in that displayed frame (docs/runtime.md).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -19,98 +26,22 @@ import struct
 import sys
 import tempfile
 import threading
+import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import DataError
 from ..runtime.image import as_rgb, check_image
+from .headers import ImageHeader, exif_block, read_header
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-MAX_PIXELS = 200_000_000
-_JPEG_MAX_SEGMENTS = 10_000  # APPn, DQT, DHT... before the frame header; a real file has a few dozen
+MAX_PIXELS = 200_000_000  # a 200 MP phone photo (16320 x 12240) still reads
+MAX_DECODED_BYTES = 1 << 30  # the decoded array (and a decoder's working buffers), from the header
 # OpenCV's log prefix, "[ERROR:0@0.05] global grfmt_tiff.cpp:117 TIFF_Error ", dropped from decoder messages.
 _CV_LOG_PREFIX = re.compile(r"^\[\s*[A-Z]+:\d+@[\d.]+\]\s+(global\s+)?\S+:\d+\s+\S+\s+")
 _DECODE_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
-
-
-def _png_size(head: bytes) -> tuple[int, int] | None:
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
-        return struct.unpack(">II", head[16:24])
-    return None
-
-
-def _bmp_size(head: bytes) -> tuple[int, int] | None:
-    if head[:2] != b"BM" or len(head) < 26:
-        return None
-    if struct.unpack("<I", head[14:18])[0] == 12:  # BITMAPCOREHEADER: 16-bit sides
-        return struct.unpack("<HH", head[18:22])
-    w, h = struct.unpack("<ii", head[18:26])
-    return abs(w), abs(h)
-
-
-def _webp_size(head: bytes) -> tuple[int, int] | None:
-    if head[:4] != b"RIFF" or head[8:12] != b"WEBP" or len(head) < 30:
-        return None
-    chunk = head[12:16]
-    if chunk == b"VP8X":
-        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
-    if chunk == b"VP8L":
-        bits = int.from_bytes(head[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8 ":
-        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
-    return None
-
-
-def _jpeg_size(fh: BinaryIO) -> tuple[int, int] | None:
-    """Walk the segments to the frame header (SOFn); EXIF and ICC segments before it can be large."""
-    fh.seek(2)
-    for _ in range(_JPEG_MAX_SEGMENTS):
-        byte = fh.read(1)
-        if byte != b"\xff":
-            return None
-        marker = fh.read(1)
-        while marker == b"\xff":  # fill bytes
-            marker = fh.read(1)
-        if not marker:
-            return None
-        m = marker[0]
-        if m == 0x01 or 0xD0 <= m <= 0xD8:  # markers without a length
-            continue
-        length = fh.read(2)
-        if m in (0xD9, 0xDA) or len(length) < 2:  # image data or the end before any frame header
-            return None
-        if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
-            frame = fh.read(5)
-            if len(frame) < 5:
-                return None
-            _, h, w = struct.unpack(">BHH", frame)
-            return (w, h) if h else None  # height 0: defined later by a DNL segment
-        fh.seek(struct.unpack(">H", length)[0] - 2, os.SEEK_CUR)
-    return None
-
-
-def _tiff_size(fh: BinaryIO, head: bytes) -> tuple[int, int] | None:
-    """Width and length tags of the first directory (the page OpenCV decodes)."""
-    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(head[:4])
-    if order is None:
-        return None
-    fh.seek(struct.unpack(order + "I", head[4:8])[0])
-    count = fh.read(2)
-    if len(count) < 2:
-        return None
-    sides: dict[int, int] = {}
-    for _ in range(min(struct.unpack(order + "H", count)[0], 4096)):
-        entry = fh.read(12)
-        if len(entry) < 12:
-            break
-        tag, kind = struct.unpack(order + "HH", entry[:4])
-        if tag in (256, 257) and kind in (3, 4):
-            sides[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), entry[8:10] if kind == 3 else entry[8:12])[0]
-    return (sides[256], sides[257]) if len(sides) == 2 else None
 
 
 def _decoder_lines(text: str) -> list[str]:
@@ -152,85 +83,155 @@ def _decode(data: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
         return image, _decoder_lines(sink.read().decode("utf-8", errors="replace"))
 
 
+def check_size(path: str | os.PathLike[str], header: ImageHeader) -> None:
+    """A DataError when the header declares more than :data:`MAX_PIXELS` or :data:`MAX_DECODED_BYTES`.
+
+    Checked before decoding: the decoder would allocate all of it first.
+    """
+    if header.pixels > MAX_PIXELS:
+        raise DataError(f"{path}: {header.width}x{header.height} is larger than {MAX_PIXELS:,} pixels")
+    if header.decoded_bytes > MAX_DECODED_BYTES:
+        raise DataError(
+            f"{path}: {header.width}x{header.height} {header.format} would decode to {header.decoded_bytes / 2**30:.1f} GiB "
+            f"({header.channels} channel(s) of {header.sample_bytes} byte(s)), more than {MAX_DECODED_BYTES / 2**30:.0f} GiB"
+        )
+
+
+def image_header(path: str | os.PathLike[str]) -> ImageHeader:
+    """The file's header, size-checked: what :func:`read_image` would decode, or the DataError it would raise first."""
+    p = Path(path)
+    size = p.stat().st_size if p.is_file() else 0
+    if size > MAX_DECODED_BYTES:  # decoding reads the whole file into memory first
+        raise DataError(f"{p}: {size / 2**30:.1f} GiB on disk, more than the {MAX_DECODED_BYTES / 2**30:.0f} GiB fan-edge reads")
+    header = read_header(p)
+    check_size(p, header)
+    return header
+
+
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """(width, height) from the header of a PNG, JPEG, BMP, WebP or TIFF file, without decoding; None if not recognised."""
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-        for sniff in (_png_size, _bmp_size, _webp_size):
-            size = sniff(head)
-            if size is not None:
-                return size
-        if head[:2] == b"\xff\xd8":
-            return _jpeg_size(fh)
-        return _tiff_size(fh, head)
-
-
-def _check_pixels(p: Path, width: int, height: int) -> None:
-    if width * height > MAX_PIXELS:
-        raise DataError(f"{p}: {width}x{height} is larger than {MAX_PIXELS:,} pixels")
-
-
-def _header_size(p: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header; None when the header is not one we read (or is damaged: the decoder
-    then says what is wrong). A missing or empty file is a DataError here, before any decoding."""
-    if not p.is_file():
-        raise DataError(f"{p}: no such image")
-    if p.stat().st_size == 0:
-        raise DataError(f"{p}: empty file")
+    """(width, height) as stored, from the header of any format fan-edge reads, without decoding; None if unreadable."""
     try:
-        return image_size(p)
-    except (OSError, struct.error):
+        header = read_header(path)
+    except DataError:
         return None
+    return header.width, header.height
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The stored pixels as displayed under EXIF ``orientation`` (1..8), C-contiguous; 1 or unknown: ``image`` itself.
+
+    2 mirrors, 3 turns by 180 degrees, 4 flips; 5 transposes, 6 turns
+    clockwise by 90, 7 transverses, 8 turns counter-clockwise by 90.
+    """
+    views = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: a.swapaxes(0, 1)[::-1],
+    }
+    if orientation not in views:
+        return image
+    return np.ascontiguousarray(views[orientation](image))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _probe(fmt: str) -> bytes | None:
+    """A 3 x 2 grey image in ``fmt`` tagged with orientation 6 (a quarter turn), or None for formats without EXIF."""
+    import cv2
+
+    pixels = np.arange(6, dtype=np.uint8).reshape(2, 3) * 40
+    exif = exif_block(6)
+    if fmt == "TIFF":
+        entries = [(256, 3, 3), (257, 3, 2), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (274, 3, 6), (277, 3, 1),
+                   (278, 3, 2), (279, 4, 6)]
+        ifd = struct.pack("<H", len(entries)) + b"".join(
+            struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+            for tag, kind, value in entries) + b"\0\0\0\0"
+        return b"II*\x00" + struct.pack("<I", 14) + pixels.tobytes() + ifd
+    if fmt == "PNG":
+        raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+        return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 3, 2, 8, 0, 0, 0, 0))
+                + _png_chunk(b"eXIf", exif) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+    if fmt == "JPEG":
+        jpeg = cv2.imencode(".jpg", pixels)[1].tobytes()
+        return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 8) + b"Exif\x00\x00" + exif + jpeg[2:]
+    if fmt == "WebP":
+        simple = cv2.imencode(".webp", np.dstack([pixels] * 3), [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+        vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x08, 0, 0, 0]) + (2).to_bytes(3, "little") + (1).to_bytes(3, "little")
+        body = b"WEBP" + vp8x + simple[12:] + b"EXIF" + struct.pack("<I", len(exif)) + exif + b"\0" * (len(exif) & 1)
+        return b"RIFF" + struct.pack("<I", len(body)) + body
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def decoder_orients(fmt: str) -> bool:
+    """Whether OpenCV's decoder for ``fmt`` applies the EXIF orientation itself (unchanged-mode reads).
+
+    OpenCV leaves JPEG, PNG and WebP as stored in that mode but its TIFF
+    decoder turns the pixels (this varies across versions): a 3 x 2 probe
+    tagged with a quarter turn answers it once per process, so that the
+    orientation is applied exactly once.
+    """
+    import cv2
+
+    data = _probe(fmt)
+    if data is None:
+        return False
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return False
+    return decoded is not None and decoded.shape[:2] == (3, 2)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """The decoded pixels as stored: (H, W) grey or (H, W, 3) RGB / (H, W, 4) RGBA, uint8, uint16 or float32.
+    """The decoded pixels as displayed: (H, W) grey or (H, W, 3) RGB / (H, W, 4) RGBA, uint8, uint16 or float32.
 
     What the runtime takes as it is (:class:`~fan_edge.runtime.session.LandmarkSession`
     converts only each face's window), so a large photo is never copied to float whole.
+    The EXIF orientation is applied (a copy, only for photos that carry one).
     """
     import cv2
 
     p = Path(path)
-    size = _header_size(p)
-    if size is not None:
-        _check_pixels(p, *size)
+    header = image_header(p)
     image, chatter = _decode(np.fromfile(p, dtype=np.uint8))
     if image is None:
         raise DataError(f"{p}: not a readable image" + (f" ({chatter[0]})" if chatter else ""))
     if chatter:  # decoded, but damaged (a corrupt JPEG segment, a short TIFF strip): say so once, in one line
         more = f" (and {len(chatter) - 1} more)" if len(chatter) > 1 else ""
         log.warning("%s: decoded with errors: %s%s", p, chatter[0], more)
-    _check_pixels(p, image.shape[1], image.shape[0])
+    if image.shape[0] * image.shape[1] > MAX_PIXELS:  # the header said less: a decoder that reads it otherwise
+        raise DataError(f"{p}: {image.shape[1]}x{image.shape[0]} is larger than {MAX_PIXELS:,} pixels")
     try:
         check_image(image)
     except ValueError as exc:
         raise DataError(f"{p}: {exc}") from None
     if image.ndim == 3 and image.shape[2] in (3, 4):  # OpenCV's BGR(A) to RGB(A), in place: no second copy
         cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=image)
+    if header.orientation != 1 and not decoder_orients(header.format):
+        image = apply_orientation(image, header.orientation)
     return image
 
 
 def check_image_file(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(width, height) of an image file, or the DataError that reading it would raise, cheaply.
+    """(width, height) as displayed, or the DataError that reading the file would raise first, from its header alone.
 
-    For folders checked before a long job (training, calibration): the
-    header alone settles a missing, empty, unrecognised or oversized file;
-    only a file whose header is not recognised is decoded to be sure.
+    For folders checked before a long job (training, calibration): a
+    missing, empty, unrecognised, unreadable or oversized file is settled
+    without decoding; only damage inside the pixels waits for decoding.
     """
-    p = Path(path)
-    size = _header_size(p)
-    if size is None:
-        image = read_image(p)
-        return int(image.shape[1]), int(image.shape[0])
-    if min(size) < 1:
-        raise DataError(f"{p}: not a readable image ({size[0]}x{size[1]} in its header)")
-    _check_pixels(p, *size)
-    return size
+    return image_header(path).display_size
 
 
 def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """(H, W, 3) float32 RGB in 0..255 from an image file (any depth, grey or alpha)."""
+    """(H, W, 3) float32 RGB in 0..255 from an image file (any depth, grey or alpha), as displayed."""
     image = read_image(path)
     try:
         return as_rgb(image)

@@ -10,6 +10,7 @@ here and shared.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -20,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
+from ..atomic import check_writable, output_lock
 from ..calibration import FaceCrops, calibration_faces
 from ..errors import ExportError
+from ..runtime.cache import cache_hint, in_cache
 from ..runtime.contract import OUTPUT_KINDS, PRECISIONS, ModelContract, sidecar_path
-from ._files import Staging
+from .staging import Staging, check_replaceable
 from .devices import check_combination, resolve_device
 from .job import ExportJob
 from .metadata import build_contract
@@ -51,6 +53,8 @@ class Target:
     # Status of an artifact that no backend here can run (backend None): the parity check is skipped, not failed.
     unverified: str = "not verified"
     int8_needs_calibration: bool = True  # False where int8 quantizes weights only (Core ML)
+    companions: tuple[str, ...] = ()  # suffixes of the files written beside the artifact (OpenVINO's weights)
+    folder: bool = False  # the artifact is a folder (Core ML's .mlpackage)
 
 
 TARGETS: dict[str, Target] = {
@@ -60,7 +64,7 @@ TARGETS: dict[str, Target] = {
     ),
     "openvino": Target(
         "openvino", "OpenVINO", ".xml", "fan_edge.export.openvino_export:export_openvino", PRECISIONS,
-        ("openvino", "nncf", "onnx", "onnxscript", "onnxslim"), "openvino", "openvino",
+        ("openvino", "nncf", "onnx", "onnxscript", "onnxslim"), "openvino-export", "openvino", companions=(".bin",),
     ),
     "tflite": Target(
         "tflite", "TFLite", ".tflite", "fan_edge.export.tflite_export:export_tflite", PRECISIONS,
@@ -70,6 +74,7 @@ TARGETS: dict[str, Target] = {
     "coreml": Target(
         "coreml", "Core ML", ".mlpackage", "fan_edge.export.coreml_export:export_coreml", PRECISIONS,
         ("coremltools",), "coreml", None, unverified="exported; prediction needs macOS", int8_needs_calibration=False,
+        folder=True,
     ),
 }
 
@@ -232,6 +237,32 @@ def _outputs_for(output: str | Path | None, combos: list[tuple[Target, str]], na
     return [out]
 
 
+def check_outputs(paths: Sequence[Path], targets: Sequence[Target], what: str = "--output") -> None:
+    """Refuse, in one line and before any slow step, outputs that could not be written or would destroy what
+    fan-edge did not write: a folder under a file artifact's name (``X.onnx/``), a folder that is not a package
+    fan-edge wrote under a package's name, a sidecar or weights path that is a folder, a parent that is a file, a
+    read-only folder. An output in the cache is named as the cache, with how to move it."""
+    for out, target in zip(paths, targets):
+        label = f"the fan-edge cache ({cache_hint()}):" if in_cache(out) else what
+        check_replaceable(out, folder=target.folder)
+        check_writable(out, label, kind="entry")
+        for extra in [out.with_suffix(s) for s in target.companions] + [sidecar_path(out)]:
+            check_replaceable(extra, folder=False)
+
+
+def _precheck_output(output: str | Path | None, combos: list[tuple[Target, str]]) -> None:
+    """:func:`check_outputs` on what ``--output`` says before the model's name is known (the folder, or the artifact)."""
+    if output is None:
+        check_writable(Path.cwd(), "the working folder", kind="folder")
+        return
+    out = Path(output)
+    artifact_name = out.suffix.lower() in {t.suffix for t in TARGETS.values()} and not str(output).endswith(("/", "\\"))
+    if artifact_name and len(combos) == 1:
+        check_outputs([out], [combos[0][0]])
+    elif not artifact_name:
+        check_writable(out, "--output", kind="folder")
+
+
 def export_model(
     model: Any = "default",
     target: str | Sequence[str] = "onnx",
@@ -310,19 +341,39 @@ def export_model(
     elif verify is not False:
         verify_dir = Path(verify)
 
+    if calib is None and any(p == "int8" and t.int8_needs_calibration for t, p in combos):
+        raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
+    _precheck_output(output, combos)  # before the model loads: a wrong path costs a second, not an export
     net, name, card = resolve_model(model, trust, input_size)
+    paths = _outputs_for(output, combos, name + (npu.file_tag if npu is not None else ""), outputs)
+    check_outputs(paths, [t for t, _ in combos])
+    with contextlib.ExitStack() as locks:
+        # One writer per output from here to the last commit (in the cache, where concurrent `fan-edge predict` runs
+        # may export the same model, a second one waits instead).
+        for out in paths:
+            locks.enter_context(output_lock(out, "fan-export", wait=in_cache(out)))
+        return _export_all(net, name, card, combos, paths, outputs=outputs, calib=calib, calib_faces=calib_faces,
+                           verify=verify, verify_dir=verify_dir, verify_faces=verify_faces, tolerances=tolerances,
+                           say=say, int8_float=int8_float, batch=batch, int8_activations=int8_activations, npu=npu)
+
+
+def _export_all(net: Any, name: str, card: dict[str, Any], combos: list[tuple[Target, str]], paths: list[Path], *,
+                outputs: str, calib: str | Path | None, calib_faces: int, verify: Any, verify_dir: Path | None,
+                verify_faces: int | None, tolerances: dict[str, float] | None, say: Any,
+                int8_float: Sequence[str] | None, batch: int | None, int8_activations: int | None,
+                npu: Any) -> list[ExportResult]:
+    """The slow part of :func:`export_model`, its outputs checked and locked: each artifact is written, its sidecar
+    staged beside it, the staged pair verified, and the pair committed as one unit (never a verification of
+    files that another run may have replaced since)."""
     if int8_activations is None:  # the weights' own measured recipe for this device, else 8
         int8_activations = recipe_activation_bits(card, npu.family if npu is not None else "cpu")
     cfg = net.config
     calibration = None
-    if any(p == "int8" and t.int8_needs_calibration for t, p in combos):
-        if calib is None:
-            raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
+    if calib is not None and any(p == "int8" and t.int8_needs_calibration for t, p in combos):
         calibration = calibration_faces(calib, cfg.input_size, cfg.crop, count=calib_faces, seed=0)
     if verify_faces is None:  # 64, or fewer where the check runs on an emulator (seconds per face)
         verify_faces = npu.parity_faces if npu is not None and npu.parity_faces is not None else DEFAULT_VERIFY_FACES
     faces = FaceCrops(verify_dir, cfg.input_size, cfg.crop, count=verify_faces, seed=1) if verify_dir is not None else None
-    paths = _outputs_for(output, combos, name + (npu.file_tag if npu is not None else ""), outputs)
 
     shared: dict[str, Any] = {}
     results = []
@@ -347,28 +398,28 @@ def export_model(
                 compiled = npu.compile(staging.path(out))
                 files = [out.parent / n for n in compiled.names] + files
             side = contract if compiled is None else contract.replace(verification={"status": "not verified", "npu": compiled.report})
-            staging.path(sidecar).write_text(side.to_json(indent=2) + "\n")
+            staged_sidecar = staging.path(sidecar)
+            staged_sidecar.write_text(side.to_json(indent=2) + "\n")
+            seconds = time.perf_counter() - started
+            result = ExportResult(t.name, p, outputs, out, [*files, sidecar], seconds, "not verified", contract=side)
+            result.npu = compiled.report if compiled is not None else None
+            npu_entry = {"npu": compiled.report} if compiled is not None else {}
+            if t.backend is None and verify is not False:
+                result.status = t.unverified
+                result.contract = contract.replace(verification={"status": result.status, **npu_entry})
+            elif faces is not None:
+                tol = (tolerances or TOLERANCES)[p]
+                if npu is not None and npu.parity_device != "cpu":
+                    say(f"verifying {out.name} on the {npu.name} ({npu.soc}) emulator: {len(faces)} faces, seconds each")
+                # The staged files: what this run wrote, whatever happens to the final names meanwhile.
+                report = verify_artifact(staging.path(out), net, faces, p, backend=t.backend or "auto", tolerance=tol,
+                                         device=npu.parity_device if npu is not None else "auto")
+                result.parity = report
+                result.status = "ok" if report.passed else "failed accuracy"
+                result.contract = contract.replace(verification={"status": result.status, **report.to_dict(), **npu_entry})
+            if result.contract is not side:
+                staged_sidecar.write_text(result.contract.to_json(indent=2) + "\n")
             staging.commit(files + [sidecar])
-        seconds = time.perf_counter() - started
-        result = ExportResult(t.name, p, outputs, out, [*files, sidecar], seconds, "not verified", contract=side)
-        result.npu = compiled.report if compiled is not None else None
-        npu_entry = {"npu": compiled.report} if compiled is not None else {}
-        if t.backend is None and verify is not False:
-            result.status = t.unverified
-            verified = contract.replace(verification={"status": result.status, **npu_entry})
-            write_text_atomic(sidecar, verified.to_json(indent=2) + "\n")
-            result.contract = verified
-        elif faces is not None:
-            tol = (tolerances or TOLERANCES)[p]
-            if npu is not None and npu.parity_device != "cpu":
-                say(f"verifying {out.name} on the {npu.name} ({npu.soc}) emulator: {len(faces)} faces, seconds each")
-            report = verify_artifact(out, net, faces, p, backend=t.backend or "auto", tolerance=tol,
-                                     device=npu.parity_device if npu is not None else "auto")
-            result.parity = report
-            result.status = "ok" if report.passed else "failed accuracy"
-            verified = contract.replace(verification={"status": result.status, **report.to_dict(), **npu_entry})
-            write_text_atomic(sidecar, verified.to_json(indent=2) + "\n")
-            result.contract = verified
         results.append(result)
     return results
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..calibration import FaceCrops
 from ..runtime.contract import ModelContract
-from ._files import Staging
+from .staging import Staging
 
 
 @dataclass

@@ -28,7 +28,6 @@ import numpy as np
 
 from ..calibration import FaceCrops
 from ..data.metrics import per_face_nme
-from ..runtime.contract import read_sidecar
 from ..runtime.cpu import cpu_record, format_cpu
 from ..runtime.decode import crop_points_to_image, decode_heatmaps
 from ..runtime.session import LandmarkSession
@@ -104,10 +103,11 @@ def verify_artifact(
     ref_hm = torch_heatmaps(model, images, batch_size)
     ref_pts, _ = decode_heatmaps(ref_hm, cfg.input_size, cfg.refine)
 
-    contract = read_sidecar(artifact) or LandmarkSession(artifact, backend=backend).contract
+    # The accuracy is measured through the session an app opens (no extra outputs: the backend's fast path), which
+    # also checks that the sidecar and the contract inside the artifact agree.
+    session = LandmarkSession(artifact, backend=backend, device=device)
+    contract = session.contract
     landmarks = contract.outputs == "landmarks"
-    # The accuracy is measured through the session an app opens (no extra outputs: the backend's fast path).
-    session = LandmarkSession(artifact, backend=backend, device=device, contract=contract)
     points, heatmaps = [], []
     for start in range(0, len(images), batch_size):
         result = session.run_crops(images[start : start + batch_size])

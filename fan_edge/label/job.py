@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,7 @@ from ..data.dataset import scan_folder
 from ..data.images import check_image_file, read_image
 from ..data.pts import write_pts
 from ..errors import BackendError, ConfigError, DataError, FanEdgeError
+from ..limits import MAX_THREADS, MAX_WORKERS, check_int
 from ..runtime.detect import SCAN_SIZE
 from .files import LABELS, LabelSummary, Ledger, output_names, place_image, read_boxes_file, summarize
 from .quality import CONSENSUS_RULES, Thresholds, consensus, drop_reasons, flip_nme, teacher_nme
@@ -153,6 +155,7 @@ class Labeller:
 
 _WORKER: Labeller | None = None
 _WORKER_ERROR: str | None = None
+_PARENT: int | None = None
 
 
 def _init_worker(spec: LabelSpec, boxes: dict[str, np.ndarray] | None, threads: int) -> None:
@@ -161,8 +164,17 @@ def _init_worker(spec: LabelSpec, boxes: dict[str, np.ndarray] | None, threads: 
 
     import torch
 
-    global _WORKER, _WORKER_ERROR
+    global _WORKER, _WORKER_ERROR, _PARENT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _PARENT = os.getppid()
+    if sys.platform.startswith("linux"):
+        # A parent killed outright (SIGKILL, the OOM killer) runs no cleanup: the kernel then stops this worker too,
+        # instead of leaving it blocked on the task queue for good.
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != _PARENT:  # the parent died before the request took effect
+            os._exit(1)
     torch.set_num_threads(threads)
     try:
         _WORKER = Labeller(spec, boxes)
@@ -171,9 +183,33 @@ def _init_worker(spec: LabelSpec, boxes: dict[str, np.ndarray] | None, threads: 
 
 
 def _work(image: str) -> ImageResult:
+    # The executor queues every image up front: a worker whose parent was killed (SIGKILL runs no cleanup) would
+    # otherwise go on labelling the whole queue for nobody. Reparenting is how it notices.
+    if _PARENT is not None and os.getppid() != _PARENT:
+        os._exit(1)
     if _WORKER is None:
         return ImageResult(image, error=f"labelling worker failed to start: {_WORKER_ERROR}")
     return _WORKER(image)
+
+
+def terminate_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM stop the job as Ctrl-C does (cleanup runs, workers are cancelled); returns the undo.
+
+    SIGTERM's default kills the process without running ``finally``: the
+    executor's queue would be left to worker processes that no longer have
+    a parent to report to.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def _raise(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _raise)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 # ---- judging and writing -----------------------------------------------------------------------------------
@@ -248,8 +284,11 @@ def _check_spec(spec: LabelSpec) -> None:
         raise ConfigError(f"--max-images must be at least 1, got {spec.max_images}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", spec.device):
         raise ConfigError(f"--device {spec.device!r}: expected cpu, cuda or cuda:N")
-    if (spec.workers is not None and spec.workers < 1) or (spec.threads is not None and spec.threads < 1):
-        raise ConfigError("--workers and --threads must be at least 1")
+    # Bounded (fan_edge.limits): each worker is a process with a model, each thread a native one.
+    if spec.workers is not None:
+        check_int("--workers", spec.workers, 1, MAX_WORKERS)
+    if spec.threads is not None:
+        check_int("--threads", spec.threads, 1, MAX_THREADS)
     if not spec.source.is_dir():
         raise DataError(f"{spec.source}: no such folder" if not spec.source.exists() else f"{spec.source}: not a folder")
     src, out = spec.source.resolve(), spec.out.resolve()
@@ -353,6 +392,7 @@ def label_folder(
         from tqdm import tqdm
 
         bar = tqdm(total=len(scope), initial=summary.skipped, unit="img", desc="labelling", dynamic_ncols=True)
+    stop = terminate_as_interrupt()
     try:
         executor = None
         if workers == 1:
@@ -395,6 +435,7 @@ def label_folder(
             if executor is not None:  # a stop does not wait for the images the workers have started
                 executor.shutdown(wait=summary.new_images == len(todo), cancel_futures=True)
     finally:
+        stop()
         ledger.close()
         if bar is not None:
             bar.close()

@@ -36,12 +36,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from ..errors import BackendError, ConfigError
-from ..runtime.crop import crop_matrices, warp_image
+from ..runtime.crop import check_boxes, crop_matrices, warp_image
 from ..runtime.decode import crop_points_to_image, decode_heatmaps
 from ..runtime.detect import HOG_TO_LANDMARK_BOX, detect_and_predict
 from ..runtime.image import ImageSource, to_network_input, to_uint8
 from ..runtime.scheme import NUM_LANDMARKS, mirror_permutation
-from ..runtime.session import check_boxes
 
 if TYPE_CHECKING:
     from ..models.fan import FAN

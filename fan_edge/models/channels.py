@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import ConfigError
+from ..limits import MAX_WIDTH, describe
 
 STEM_BLOCKS = ("conv2", "conv3", "conv4")
 
@@ -106,11 +107,11 @@ def normalise_channels(value: object) -> tuple[tuple[str, int], ...] | None:
     pairs: dict[str, int] = {}
     for name, count in items:
         if not isinstance(name, str):
-            raise ConfigError(f"channels: layer names must be strings, got {name!r}")
+            raise ConfigError(f"channels: layer names must be strings, got {describe(name)}")
         if name in pairs:
-            raise ConfigError(f"channels: {name} is given twice")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise ConfigError(f"channels: {name} must be a positive integer, got {count!r}")
+            raise ConfigError(f"channels: {describe(name)} is given twice")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_WIDTH:
+            raise ConfigError(f"channels: {describe(name)} must be a positive integer up to {MAX_WIDTH}, got {describe(count)}")
         pairs[name] = count
     return tuple(sorted(pairs.items()))
 

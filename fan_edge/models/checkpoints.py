@@ -9,27 +9,27 @@ Formats, told apart by content rather than by name:
 - a TorchScript archive (face-alignment 1.4's ``.zip``). Loading one runs the
   code inside it, so it needs ``trust=True``.
 
-Every file is untrusted: pickles are read with torch's own allowlist only
-(classes that other libraries registered process-wide, e.g. torchao's tensor
-subclasses, are not admitted), the tensors must be plain tensors under string
-keys, and the architecture a file declares or implies must fit the tensors it
-holds and stay below :data:`MAX_PARAMETERS` before any network is built (a
-small file must not make fan-edge allocate gigabytes). Resumable training
-states (``last.ckpt``) go through :func:`read_training_state`, which adds
-checks of the entries a resume needs. Any problem is a one-line
+Every file is untrusted (see :mod:`fan_edge.models.safe_load`): pickles, in
+any protocol from 2 to 5, are read by fan-edge's own allow-list unpickler
+(nothing is imported or constructed beyond what a state dict needs, whatever
+other libraries registered with torch process-wide), the sizes a file declares
+(a zip's directory, each pickled storage, a safetensors header) are checked
+against :data:`~fan_edge.limits.MAX_CHECKPOINT_BYTES` before anything is read,
+the tensors must be plain tensors under string keys, and the architecture a
+file declares or implies must fit the tensors it holds and stay within
+:mod:`fan_edge.limits` before any network is built (a small file must not
+make fan-edge allocate gigabytes). Resumable training states (``last.ckpt``)
+go through :func:`read_training_state`, which adds checks of the entries a
+resume needs. Any problem is a one-line
 :class:`~fan_edge.errors.CheckpointError`.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import pickle
 import re
-import threading
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,14 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import CheckpointError, ConfigError
+from ..limits import MAX_PARAMETERS
 from .config import FANConfig
+from .safe_load import RefusedPickle, check_zip_archive, meta_tensors, read_safetensors, read_safetensors_header, torch_load
 
 CONFIG_METADATA_KEY = "fan_edge_config"
-# 2DFAN-4 has 23.8M; a file implying more than this (e.g. a tiny file whose tensors are zero-stride views with
-# huge shapes) is refused before a network of that size is allocated.
-MAX_PARAMETERS = 128_000_000
+# MAX_PARAMETERS (fan_edge.limits, re-exported here): a file implying more (e.g. a tiny file whose tensors are
+# zero-stride views with huge shapes) is refused before a network of that size is allocated.
 MAX_CARD_BYTES = 1 << 20
-_ALLOWLIST_LOCK = threading.Lock()
 _STACK_KEY = re.compile(r"^(m|top_m_|conv_last|bn_end|l|bl|al)(\d+)\.")
 
 
@@ -104,47 +104,40 @@ def _plain_tensor(value: Any) -> bool:
     )
 
 
-@contextmanager
-def _torch_allowlist_only() -> Iterator[None]:
-    """Unpickle with torch's built-in allowlist alone, not the globals other libraries registered process-wide.
-
-    Importing torchao (litert-torch brings it) registers dozens of classes with
-    ``torch.serialization.add_safe_globals``, DTensor and DeviceMesh among them;
-    a checkpoint has no business constructing those.
-    """
-    with _ALLOWLIST_LOCK:
-        registered = torch.serialization.get_safe_globals()
-        torch.serialization.clear_safe_globals()
-        try:
-            yield
-        finally:
-            torch.serialization.add_safe_globals(registered)
-
-
 def _check_file(p: Path) -> None:
+    """A file that exists, is not empty and, if a zip, declares bounded contents (before any zip reader lists it)."""
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: empty file")
+    with open(p, "rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"
+    if zipped:
+        try:
+            check_zip_archive(p)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{p}: {exc}") from None
+        except Exception as exc:  # a damaged directory: Python's zip reader has its own errors
+            raise CheckpointError(f"{p}: not a readable checkpoint (a damaged zip: {_one_line(exc)})") from None
 
 
 def _load_pickle(p: Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` and torch's allowlist only; one-line errors, payloads refused unrun."""
+    """A ``torch.save`` file read by the allow-list unpickler with its sizes checked first; one-line errors, payloads
+    refused unrun."""
     try:
         torchscript = _is_torchscript(p)
-    except Exception:  # a damaged zip: torch.load below says what is wrong with it
+    except Exception:  # a damaged zip: the reader below says what is wrong with it
         torchscript = False
     if torchscript:
         raise CheckpointError(f"{p}: a TorchScript archive, not a pickled state dict")
     try:
-        with _torch_allowlist_only():
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only refused something that is not a tensor container: a class, a function, a payload.
-        what = _refused_global(str(exc))
-        raise CheckpointError(
-            f"{p}: refused to load: the file holds {what}, not just tensors (it was not executed)"
-        ) from None
+        return torch_load(p)
+    except RefusedPickle as exc:
+        # Something that is not a tensor container: a class, a function, a payload. Nothing of it ran.
+        raise CheckpointError(f"{p}: refused to load: the file holds {_refused_global(str(exc))}, not just tensors "
+                              "(it was not executed)") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{p}: {exc}") from None
     except Exception as exc:  # every reader has its own error types; the user needs one line
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated, corrupt or another format: {_one_line(exc)})") from None
 
@@ -163,8 +156,10 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Checkpoint:
                 )
             module = torch.jit.load(str(p), map_location="cpu")
             return Checkpoint(_unwrap(dict(module.state_dict()), p), source=str(p))
-    except CheckpointError:
-        raise
+    except CheckpointError as exc:  # the safetensors checks name the problem; the path goes in front, once
+        if str(exc).startswith(f"{p}: "):
+            raise
+        raise CheckpointError(f"{p}: {exc}") from None
     except Exception as exc:  # every reader has its own error types; the user needs one line
         raise CheckpointError(f"{p}: not a readable checkpoint (truncated, corrupt or another format: {_one_line(exc)})") from None
     return Checkpoint(_unwrap(_load_pickle(p), p), source=str(p))
@@ -230,16 +225,13 @@ def _one_line(exc: BaseException) -> str:
 
 def _refused_global(message: str) -> str:
     found = re.search(r"GLOBAL ([\w.]+)", _ANSI.sub("", message))
-    return f"the Python object {found.group(1)}" if found else "Python objects"
+    return f"the Python object {found.group(1)}" if found else f"Python objects ({message[:120]})"
 
 
 def _read_safetensors(path: Path) -> Checkpoint:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if not state:
+    """fan-edge's own format: header and config checked against each other and the bounds, then the tensors read."""
+    entries, metadata, start = read_safetensors_header(path)
+    if not entries:
         raise CheckpointError(f"{path}: holds no tensors")
     config = None
     try:
@@ -256,8 +248,14 @@ def _read_safetensors(path: Path) -> Checkpoint:
     except (ValueError, ConfigError, RecursionError, OSError) as exc:
         raise CheckpointError(f"{path}: bad fan-edge metadata ({_one_line(exc)})") from None
     if config is not None:
-        check_fits(config, state, str(path))
-    return Checkpoint(state, config, card, str(path))
+        # Against the header's shapes (meta tensors, no data): a config that the weights do not fill is refused
+        # before a byte of them is read.
+        try:
+            shapes = meta_tensors(entries)
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: malformed tensor shapes ({_one_line(exc)})") from None
+        check_fits(config, shapes, str(path))
+    return Checkpoint(read_safetensors(path, entries, start), config, card, str(path))
 
 
 def _config_from(data: Any) -> FANConfig:
@@ -306,10 +304,10 @@ def check_fits(config: FANConfig, state_dict: Mapping[str, torch.Tensor], source
     The weights may hold more than the config (extra stacks are truncated on
     loading); every tensor the config needs must be there with its shape.
     """
-    shapes = expected_shapes(config)
-    count = sum(math.prod(s) for s in shapes.values())
+    count = config.num_values  # FANConfig itself refuses more than MAX_PARAMETERS; kept as the last line of defence
     if count > MAX_PARAMETERS:
         raise CheckpointError(f"{source}: declares a FAN of {count:,} values, more than fan-edge loads ({MAX_PARAMETERS:,})")
+    shapes = expected_shapes(config)
     problems = _fit_problems(shapes, state_dict, unexpected=False)
     if problems:
         raise CheckpointError(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..limits import MAX_HOURGLASS_DEPTH, MAX_INPUT_SIZE, MAX_LANDMARKS, MAX_PARAMETERS, MAX_STACKS, MAX_WIDTH, check_int
 from ..runtime.crop import CropSpec
 from .channels import ChannelLayout, channels_of_stacks, normalise_channels, resolve_layout
 
@@ -42,25 +43,20 @@ class FANConfig:
     channels: tuple[tuple[str, int], ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("stacks", "width", "input_size", "num_landmarks", "hourglass_depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
-        if not 1 <= self.hourglass_depth <= 6:
-            raise ConfigError(f"hourglass_depth must be between 1 and 6, got {self.hourglass_depth}")
-        if self.input_size <= 0:
-            raise ConfigError(f"input_size must be positive, got {self.input_size}")
-        if not 1 <= self.stacks <= 8:
-            raise ConfigError(f"stacks must be between 1 and 8, got {self.stacks}")
-        if self.width < 32 or self.width % 16:
-            raise ConfigError(f"width must be a multiple of 16 and at least 32, got {self.width}")
+        # Every size is bounded (fan_edge.limits) before anything else looks at it: a config from a file's metadata
+        # must not be able to ask for a network or an input of terabytes.
+        check_int("stacks", self.stacks, 1, MAX_STACKS)
+        check_int("hourglass_depth", self.hourglass_depth, 1, MAX_HOURGLASS_DEPTH)
+        check_int("num_landmarks", self.num_landmarks, 1, MAX_LANDMARKS)
+        check_int("input_size", self.input_size, 1, MAX_INPUT_SIZE)
+        check_int("width", self.width, 32, MAX_WIDTH)
+        if self.width % 16:
+            raise ConfigError(f"width must be a multiple of 16 between 32 and {MAX_WIDTH}, got {self.width}")
         if self.input_size % (4 * 2**self.hourglass_depth):
             raise ConfigError(
                 f"input_size must be a multiple of {4 * 2**self.hourglass_depth} "
                 f"(hourglass depth {self.hourglass_depth}), got {self.input_size}"
             )
-        if self.num_landmarks < 1:
-            raise ConfigError(f"num_landmarks must be positive, got {self.num_landmarks}")
         if self.refine not in ("quarter", "gaussian"):
             raise ConfigError(f"refine must be 'quarter' or 'gaussian', got {self.refine!r}")
         if isinstance(self.crop, dict):
@@ -71,13 +67,45 @@ class FANConfig:
         if not isinstance(self.crop, CropSpec):
             raise ConfigError(f"crop must be a CropSpec or a dict, got {type(self.crop).__name__}")
         object.__setattr__(self, "channels", normalise_channels(self.channels))
-        if self.channels is not None:
-            self.layout  # noqa: B018 - raises ConfigError on an inconsistent map
+        values = self.num_values  # resolves the layout: ConfigError on an inconsistent channels map
+        if values > MAX_PARAMETERS:
+            raise ConfigError(
+                f"declares a FAN of {values:,} values ({self.stacks} stacks, width {self.width}), "
+                f"more than fan-edge builds ({MAX_PARAMETERS:,})"
+            )
 
     @property
     def layout(self) -> ChannelLayout:
         """Every block's channel counts (uniform unless ``channels`` says otherwise)."""
         return resolve_layout(self, dict(self.channels or ()))
+
+    @property
+    def num_values(self) -> int:
+        """Values in the state dict of a FAN of this config (weights, biases, BatchNorm statistics and counters).
+
+        Counted from the channel layout, without building anything, so that a
+        config can be refused as too large before a network of it is
+        allocated; ``tests/test_reliability_limits.py`` checks it against the
+        network itself.
+        """
+        layout = self.layout
+        k = self.num_landmarks
+
+        def bn(c: int) -> int:
+            return 4 * c + 1  # weight, bias, running mean and variance, num_batches_tracked
+
+        total = 3 * layout.stem_conv * 49 + layout.stem_conv + bn(layout.stem_conv)
+        for block in layout.blocks.values():
+            a, b, c = block.split
+            total += bn(block.in_channels) + 9 * (block.in_channels * a + a * b + b * c) + bn(a) + bn(b)
+            if block.downsample:
+                total += bn(block.in_channels) + block.in_channels * block.out_channels
+        w = layout.trunk
+        for i, f in enumerate(layout.conv_last):
+            total += w * f + f + bn(f) + f * k + k
+            if i < self.stacks - 1:
+                total += f * w + w + k * w + w
+        return total
 
     @property
     def pruned(self) -> bool:

@@ -331,7 +331,7 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
     from ..calibration import calibration_faces
     from ..train.losses import LOSSES, stack_weights, stacked_loss
     from ..train.sources import build_datasets, epoch_pool
-    from ..train.trainer import epoch_batches, lr_factor, teacher_heatmaps
+    from ..train.trainer import epoch_batches, epoch_line, lr_factor, teacher_heatmaps, unlogged_epochs
 
     ts = spec.train
     out = Path(ts.out)
@@ -386,6 +386,8 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
     weights = stack_weights(model.config.stacks, ts.stack_weights)
     start_epoch, start_batch = (state["epoch"], state["batch"]) if state else (0, 0)
     history: list[dict[str, Any]] = state["history"] if state else []
+    for line in unlogged_epochs(out / "qat.log", history, ts.epochs):  # killed between a save and its line
+        log.info("%s (logged on resume)", line)
     write_text_atomic(out / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
 
     def save(epoch: int, batch: int) -> None:
@@ -446,10 +448,9 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
             if ts.val and ((epoch + 1) % ts.val_every == 0 or epoch + 1 == ts.epochs):
                 entry.update(_validate(model, ts.val))
             history.append(entry)
-            log.info("epoch %d/%d %s", epoch + 1, ts.epochs,
-                     " ".join(f"{k}={v:.4f}" if isinstance(v, float) and k != "seconds" else f"{k}={v}" for k, v in entry.items() if k != "epoch"))
-            save(epoch + 1, 0)
+            save(epoch + 1, 0)  # the state first: a kill before the line below loses no line (resume writes it)
             last_save = time.monotonic()
+            log.info("%s", epoch_line(entry, ts.epochs))
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)

@@ -5,7 +5,7 @@ backend for sessions) so that it can ship inside an app or on an edge box.
 """
 
 from .contract import ModelContract, read_sidecar, sidecar_path
-from .crop import CropSpec, apply_affine, crop_matrices, crop_matrix, invert_affine, warp_image
+from .crop import CropSpec, apply_affine, check_boxes, crop_matrices, crop_matrix, invert_affine, warp_image
 from .decode import crop_points_to_image, decode_heatmaps
 from .session import CropPrediction, LandmarkSession, read_contract
 
@@ -15,6 +15,7 @@ __all__ = [
     "LandmarkSession",
     "ModelContract",
     "apply_affine",
+    "check_boxes",
     "crop_matrices",
     "crop_matrix",
     "crop_points_to_image",

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError, FanEdgeError
+from ..limits import MAX_THREADS, threads_arg
 
 # Row keys shared with fan-bench (fan_edge.bench.report); extra keys say how the row was measured.
 ROW_KEYS = (
@@ -260,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("artifact", help=".onnx, .xml (OpenVINO IR) or .tflite exported by fan-export")
     parser.add_argument("--backend", default="auto", help="auto (by suffix), onnxruntime, openvino or litert")
     parser.add_argument("--device", default="auto", help="auto or cpu (gpu / npu: reported as device absent where not wired up)")
-    parser.add_argument("--threads", type=_positive, default=None, help="intra-op threads (default: the backend's own)")
+    parser.add_argument("--threads", type=threads_arg, default=None,
+                        help=f"intra-op threads (1..{MAX_THREADS}; default: the backend's own)")
     parser.add_argument("--runs", type=_positive, default=100, help="timed runs (default 100)")
     parser.add_argument("--warmup", type=_non_negative, default=10, help="untimed runs first (default 10)")
     parser.add_argument("--json", action="store_true", help="print the row as one JSON object")

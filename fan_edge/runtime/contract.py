@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import limits
 from ..errors import ContractError
 from .crop import CropSpec
 from .scheme import MIRROR_PAIRS
@@ -52,12 +53,21 @@ MAX_JSON_BYTES = 1 << 20  # a contract is a few kB; anything near this is not on
 MAX_CARD_BYTES = 64 << 10
 MAX_TEXT = 1000
 MAX_DEPTH = 32  # nesting of JSON objects and arrays; fan-edge writes 4
-MAX_INPUT_SIZE = 4096  # a 3x4096x4096 float32 crop is 200 MB per face already; FAN uses 256
-MAX_LANDMARKS = 10_000
+# Input size, landmark count and a fixed batch within the bounds every FANConfig obeys (fan_edge.limits): an
+# artifact's contract cannot ask the runtime for more than a config could.
+MAX_INPUT_SIZE = limits.MAX_INPUT_SIZE
+MAX_LANDMARKS = limits.MAX_LANDMARKS
 # The crop recipe (runtime/crop.py): side = window * (w + h) / reference_scale, centre moved up by center_shift * h.
 # FAN's 195 / 0.12 / 200; the bounds refuse recipes whose crops would be degenerate or absurd.
 CROP_SIDE_RATIO = (0.05, 20.0)  # window / reference_scale: the crop side over (w + h) of the box
 MAX_CENTER_SHIFT = 1.0  # in box heights
+
+# The fields that change what a session computes from an image (how it crops, feeds, runs and decodes): where the
+# sidecar and the contract inside the artifact both exist, they must agree on these (read_contract in session.py).
+RESULT_FIELDS = (
+    "input_size", "heatmap_size", "outputs", "refine", "num_landmarks", "crop", "layout", "channel_order",
+    "value_range", "input_name", "output_names", "batch", "mirror_pairs",
+)
 
 OUTPUT_KINDS = ("heatmaps", "landmarks")
 OUTPUT_ROLES = {"heatmaps": ("heatmaps",), "landmarks": ("landmarks", "scores")}
@@ -216,7 +226,7 @@ class ModelContract:
         if len(set(self.output_names)) != len(self.output_names):
             raise ContractError(f"contract field output_names repeats a name: {_short(list(self.output_names))}")
         if self.batch is not None:
-            _check_int("batch", self.batch, 1, 1 << 16)
+            _check_int("batch", self.batch, 1, limits.MAX_BATCH_SIZE)
         if self.mirror_pairs is None:
             object.__setattr__(self, "mirror_pairs", MIRROR_PAIRS if self.num_landmarks == 68 else ())
         pairs = self.mirror_pairs
@@ -247,6 +257,11 @@ class ModelContract:
         if role not in roles:
             raise ContractError(f"a {self.outputs} artifact has no {role} output")
         return self.output_names[roles.index(role)]
+
+    def result_differences(self, other: "ModelContract") -> list[str]:
+        """The :data:`RESULT_FIELDS` on which ``other`` differs from this contract (informational fields such as the
+        model card, the version or the verification record are not compared)."""
+        return [f for f in RESULT_FIELDS if getattr(self, f) != getattr(other, f)]
 
     def replace(self, **changes: Any) -> "ModelContract":
         return dataclasses.replace(self, **changes)

@@ -16,10 +16,22 @@ edges, which is FAN's convention once its 1-based arithmetic is unwound.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from ..errors import BoxError
+
+# A box side under this many pixels is a point (boxes in 0..1 units end up here); its crop would scale by up to 1e308.
+MIN_BOX_SIDE = 0.5
+# With the image's size known, a box side may be at most this many times the image's larger side: far beyond any
+# face (a face filling the photo is 1x), and it keeps every coordinate the crop and the drawing compute within
+# OpenCV's 32-bit integers (a 5e9 box overflowed them) and the crop matrix invertible (a 1e308 box did not).
+MAX_BOX_SCALE = 100.0
+# Without the image: coordinates beyond this are refused, so that sums and products of them stay finite.
+MAX_BOX_COORD = 1e15
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,79 @@ class CropSpec:
         return cls(**values)
 
 
+def _as_boxes(boxes: object) -> np.ndarray:
+    """(N, 4) float64 from any array-like of real numbers; BoxError for strings, booleans, complex, ragged or too large."""
+    what = type(boxes).__name__
+    try:
+        # Lists are looked at value by value (numpy would turn JSON's true into 1 and "5" into 5.0); arrays by dtype.
+        raw = boxes if isinstance(boxes, np.ndarray) else np.asarray(boxes, dtype=object)
+    except (TypeError, ValueError, OverflowError):  # objects numpy cannot hold
+        raise BoxError(f"boxes must be numbers, (N, 4) x1, y1, x2, y2; got {what}") from None
+    if raw.dtype.kind == "O":
+        flat = raw.ravel()
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in flat):
+            raise BoxError(f"boxes must be numbers, (N, 4) x1, y1, x2, y2; got {what}")
+        try:
+            b = np.array([float(v) for v in flat], dtype=np.float64).reshape(raw.shape)
+        except OverflowError:  # an integer beyond float64 (JSON has no limit on digits)
+            raise BoxError("box coordinates must be finite numbers; one is an integer too large for a float") from None
+    elif raw.dtype.kind in "iuf":
+        with np.errstate(over="ignore"):  # float128 / huge values become inf, refused below as not finite
+            b = raw.astype(np.float64)
+    else:
+        raise BoxError(f"boxes must be numbers, (N, 4) x1, y1, x2, y2; got {what} of {raw.dtype}")
+    if b.size and (b.ndim == 0 or b.ndim > 2 or b.shape[-1] != 4):
+        raise BoxError(f"boxes must be (N, 4) x1, y1, x2, y2, got shape {b.shape}")
+    return b.reshape(-1, 4)
+
+
+def check_boxes(boxes: object, width: int | None = None, height: int | None = None) -> np.ndarray:
+    """(N, 4) float64 boxes x1, y1, x2, y2, or a one-line :class:`~fan_edge.errors.BoxError` naming the first bad one.
+
+    The one validation of user boxes: sessions, teachers, ``detect_and_predict``,
+    ``fan-edge predict``, datasets and the crop functions all call it, so no box
+    reaches the crop arithmetic where it would fail untyped (a 1e308 box gave a
+    singular crop matrix, 5e9 overflowed OpenCV's drawing, a huge JSON integer an
+    OverflowError). A box must be finite with x2 > x1 and y2 > y1, each side at
+    least :data:`MIN_BOX_SIDE` pixels. With the image's ``width`` and ``height``
+    it must also overlap the image (pixel centres 0..W-1, so the image spans
+    -0.5..W-0.5; a box partly outside is fine, the crop pads with zeros) and
+    each side must be at most :data:`MAX_BOX_SCALE` times the image's larger
+    side; without them, coordinates must lie within :data:`MAX_BOX_COORD`.
+    """
+    b = _as_boxes(boxes)
+    bad = ~np.all(np.isfinite(b), axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise BoxError(f"box {i} is not finite: {b[i].tolist()}")
+    degenerate = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+    if degenerate.any():
+        i = int(np.argmax(degenerate))
+        raise BoxError(f"box {i} {b[i].tolist()} is degenerate: x1, y1, x2, y2 needs x2 > x1 and y2 > y1")
+    with np.errstate(over="ignore"):
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    tiny = (w < MIN_BOX_SIDE) | (h < MIN_BOX_SIDE)
+    if tiny.any():
+        i = int(np.argmax(tiny))
+        raise BoxError(f"box {i} {b[i].tolist()} is smaller than {MIN_BOX_SIDE} pixel a side (boxes are in image pixels)")
+    if width is None or height is None:
+        far = np.abs(b).max(axis=1) > MAX_BOX_COORD
+        if far.any():
+            i = int(np.argmax(far))
+            raise BoxError(f"box {i} {b[i].tolist()} has a coordinate beyond {MAX_BOX_COORD:g} pixels")
+        return b
+    limit = MAX_BOX_SCALE * max(int(width), int(height))
+    huge = (w > limit) | (h > limit)
+    if huge.any():
+        i = int(np.argmax(huge))
+        raise BoxError(f"box {i} {b[i].tolist()} is more than {MAX_BOX_SCALE:g} times the {width}x{height} image a side")
+    outside = (b[:, 2] <= -0.5) | (b[:, 3] <= -0.5) | (b[:, 0] >= width - 0.5) | (b[:, 1] >= height - 0.5)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise BoxError(f"box {i} {b[i].tolist()} lies outside the {width}x{height} image")
+    return b
+
+
 def box_center_and_side(box: np.ndarray, spec: CropSpec) -> tuple[np.ndarray, float]:
     """Centre (x, y) and side, in image pixels, of the crop window for one box."""
     x1, y1, x2, y2 = (float(v) for v in box)
@@ -67,7 +152,14 @@ def box_center_and_side(box: np.ndarray, spec: CropSpec) -> tuple[np.ndarray, fl
 
 
 def crop_matrix(box: np.ndarray, input_size: int, spec: CropSpec) -> np.ndarray:
-    """2x3 affine taking image coordinates to crop coordinates for one face box."""
+    """2x3 affine taking image coordinates to crop coordinates for one face box (checked by :func:`check_boxes`)."""
+    boxes = check_boxes(box)
+    if len(boxes) != 1:
+        raise BoxError(f"expected one box x1, y1, x2, y2, got {len(boxes)}")
+    return _crop_matrix(boxes[0], input_size, spec)
+
+
+def _crop_matrix(box: np.ndarray, input_size: int, spec: CropSpec) -> np.ndarray:
     center, side = box_center_and_side(box, spec)
     s = input_size / side
     # u = (x - cx + side/2) * N/side - 0.5 : window edges onto crop edges.
@@ -91,9 +183,9 @@ def resize_matrix(size: int, new_size: int) -> np.ndarray:
 
 
 def crop_matrices(boxes: np.ndarray, input_size: int, spec: CropSpec) -> np.ndarray:
-    """(N, 2, 3) crop matrices for (N, 4) boxes."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.stack([crop_matrix(b, input_size, spec) for b in boxes]) if len(boxes) else np.zeros((0, 2, 3))
+    """(N, 2, 3) crop matrices for (N, 4) boxes (checked by :func:`check_boxes`)."""
+    boxes = check_boxes(boxes)
+    return np.stack([_crop_matrix(b, input_size, spec) for b in boxes]) if len(boxes) else np.zeros((0, 2, 3))
 
 
 def invert_affine(matrix: np.ndarray) -> np.ndarray:

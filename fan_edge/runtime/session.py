@@ -8,8 +8,8 @@
     points, scores = session.predict(image_rgb, boxes)        # (N, 68, 2) image pixels, (N, 68)
     session.device                                             # where it runs: "cpu", "cuda", "gpu", ...
 
-The session reads the artifact's contract (the sidecar ``ARTIFACT.json``, else
-the format's own metadata), so the input size, crop recipe, output kind and
+The session reads the artifact's contract (the sidecar ``ARTIFACT.json`` and
+the format's own metadata, which must agree where both exist), so the input size, crop recipe, output kind and
 decoding come from the export and never from guesses. It reuses the
 runtime's one implementation of each step: :class:`~fan_edge.runtime.image.ImageSource`,
 :func:`~fan_edge.runtime.crop.crop_matrices` and
@@ -32,6 +32,7 @@ session per thread: the weights are loaded once.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +40,8 @@ import numpy as np
 
 from ..errors import ContractError, DataError
 from .backends import Backend, load_backend
-from .contract import METADATA_KEY, ModelContract, read_sidecar
-from .crop import crop_matrices, warp_image
+from .contract import METADATA_KEY, ModelContract, read_sidecar, sidecar_path
+from .crop import check_boxes, crop_matrices, warp_image
 from .decode import crop_points_to_image, decode_heatmaps
 from .image import ImageSource, to_network_input
 
@@ -64,22 +65,47 @@ class CropPrediction:
 
 
 def read_contract(path: str | Path, backend: Backend | None = None) -> ModelContract:
-    """The contract of an artifact: its sidecar if present, else the one inside the artifact."""
-    contract = read_sidecar(path)
-    if contract is not None:
-        return contract
+    """The contract of an artifact: its sidecar ``ARTIFACT.json`` and the one inside the artifact, which must agree.
+
+    Either alone serves. Where both exist, they must agree on every field that changes results
+    (:data:`~fan_edge.runtime.contract.RESULT_FIELDS`: sizes, crop, layout, value range, I/O names, decoding);
+    a difference is a one-line ContractError naming the fields, never a silent choice of one: a sidecar left from
+    another export once moved every point by 136 px (a crop shift of 0.9 against the artifact's own 0.0). An
+    embedded contract that does not parse is refused as well. The sidecar is returned (it carries the
+    verification record, which only it has).
+    """
+    sidecar = read_sidecar(path)
     if backend is None:
         backend = load_backend(path)
     text = backend.metadata().get(METADATA_KEY)
-    if text is None:
+    embedded = None
+    if text is not None:
+        try:
+            embedded = ModelContract.from_json(text)
+        except ContractError as exc:
+            raise ContractError(f"{path}: {exc}") from None
+    if sidecar is None and embedded is None:
         raise ContractError(
             f"{path}: no fan-edge contract (no sidecar {Path(path).name}.json and no {METADATA_KEY} metadata); "
             "was it exported by fan-export?"
         )
-    try:
-        return ModelContract.from_json(text)
-    except ContractError as exc:
-        raise ContractError(f"{path}: {exc}") from None
+    if sidecar is None or embedded is None:
+        return sidecar or embedded  # type: ignore[return-value]
+    differ = sidecar.result_differences(embedded)
+    if differ:
+        first = differ[0]
+        side, inside = sidecar.to_dict().get(first), embedded.to_dict().get(first)
+        raise ContractError(
+            f"{path}: its sidecar {sidecar_path(path).name} disagrees with the contract inside the artifact on "
+            f"{', '.join(differ)} ({first}: sidecar {_short(side)}, artifact {_short(inside)}); it belongs to another "
+            "export: export again, or delete the sidecar to use the artifact's own contract"
+        )
+    return sidecar
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class LandmarkSession:
@@ -264,32 +290,3 @@ def _image_source(image: object) -> ImageSource:
         return ImageSource.from_array(image)
     except ValueError as exc:
         raise DataError(str(exc)) from None
-
-
-def check_boxes(boxes: object, width: int, height: int) -> np.ndarray:
-    """(N, 4) float64 boxes, or a one-line DataError naming the first bad one.
-
-    A box must be finite, have x2 > x1 and y2 > y1, and overlap the image
-    (pixel centres 0..W-1, so the image spans -0.5..W-0.5); a box partly
-    outside is fine (the crop pads with zeros).
-    """
-    try:
-        b = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"boxes must be numbers, (N, 4) x1, y1, x2, y2; got {type(boxes).__name__}") from None
-    if b.size and (b.ndim > 2 or b.shape[-1] != 4):
-        raise DataError(f"boxes must be (N, 4) x1, y1, x2, y2, got shape {b.shape}")
-    b = b.reshape(-1, 4)
-    bad = ~np.all(np.isfinite(b), axis=1)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise DataError(f"box {i} is not finite: {b[i].tolist()}")
-    degenerate = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
-    if degenerate.any():
-        i = int(np.argmax(degenerate))
-        raise DataError(f"box {i} {b[i].tolist()} is degenerate: x1, y1, x2, y2 needs x2 > x1 and y2 > y1")
-    outside = (b[:, 2] <= -0.5) | (b[:, 3] <= -0.5) | (b[:, 0] >= width - 0.5) | (b[:, 1] >= height - 0.5)
-    if outside.any():
-        i = int(np.argmax(outside))
-        raise DataError(f"box {i} {b[i].tolist()} lies outside the {width}x{height} image")
-    return b

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, FanEdgeError
+from ..limits import MAX_THREADS, check_int, threads_arg
 from .bench import _first_line, _non_negative, _positive, _rss_now_mb, artifact_size_mb, peak_rss_mb
 
 DEFAULT_THREADS = 8
@@ -265,8 +266,9 @@ def soak_session(
     """
     if not inputs:
         raise DataError("the soak needs at least one input")
-    if isinstance(threads, bool) or threads < 1 or isinstance(calls, bool) or calls < 2:
-        raise DataError(f"threads must be >= 1 and calls >= 2, got {threads} threads, {calls} calls")
+    check_int("threads", threads, 1, MAX_THREADS, DataError)  # each is a real thread: 100,000 of them never finish
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 2:
+        raise DataError(f"calls must be an integer >= 2, got {calls!r}")
     warmup = calls // 10 if warmup is None else warmup
     if not 0 <= warmup < calls:
         raise DataError(f"warm-up must be between 0 and calls - 1 ({calls - 1}), got {warmup}")
@@ -405,8 +407,8 @@ def soak_artifact(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The soak's options, shared by ``python -m fan_edge.runtime.soak`` and ``fan-edge soak``."""
     parser.add_argument("artifact", help=".onnx, .xml (OpenVINO IR) or .tflite exported by fan-export")
-    parser.add_argument("--threads", type=_positive, default=DEFAULT_THREADS,
-                        help=f"caller threads sharing the session (default {DEFAULT_THREADS})")
+    parser.add_argument("--threads", type=threads_arg, default=DEFAULT_THREADS,
+                        help=f"caller threads sharing the session (1..{MAX_THREADS}; default {DEFAULT_THREADS})")
     parser.add_argument("--calls", type=_positive, default=DEFAULT_CALLS,
                         help=f"predictions in all (default {DEFAULT_CALLS}); at least 2")
     parser.add_argument("--warmup", type=_non_negative, help="calls before memory is first read (default: a tenth of --calls)")
@@ -416,8 +418,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"distinct inputs, spread over --faces (default {DEFAULT_INPUTS})")
     parser.add_argument("--backend", default="auto", help="auto (by suffix), onnxruntime, openvino or litert")
     parser.add_argument("--device", default="auto", help="auto, cpu, gpu, npu, or a backend's own name")
-    parser.add_argument("--intra-op-threads", type=_positive, default=1, metavar="N",
-                        help="the backend's own threads per call (default 1)")
+    parser.add_argument("--intra-op-threads", type=threads_arg, default=1, metavar="N",
+                        help=f"the backend's own threads per call (1..{MAX_THREADS}; default 1)")
     parser.add_argument("--max-growth", type=float, default=MAX_GROWTH_PCT, metavar="PCT",
                         help=f"resident memory growth after warm-up that fails the soak (default {MAX_GROWTH_PCT:g}%%)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")

@@ -12,6 +12,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..limits import MAX_BATCH_SIZE, MAX_INPUT_SIZE, MAX_WORKERS, check_batch, check_int
+
 
 @dataclass
 class TrainSpec:
@@ -53,6 +55,15 @@ class TrainSpec:
     max_batches: int | None = None  # stop (resumably) after this many batches in this invocation
     checkpoint_minutes: float = 5.0
     val_every: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse sizes that would exhaust the machine before anything runs (a spec also comes from a resumed
+        ``last.ckpt``): batch size, input size and data-loading processes within :mod:`fan_edge.limits`."""
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if self.input_size is not None:
+            check_int("input_size", self.input_size, 1, MAX_INPUT_SIZE)
+            check_batch(self.batch_size, self.input_size)
+        check_int("workers", self.workers, 0, MAX_WORKERS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

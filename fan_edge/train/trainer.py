@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -23,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, check_writable, write_text_atomic
 from ..bench.evaluate import evaluate_model
 from ..data.dataset import read_folder
-from ..errors import ConfigError, DataError
+from ..errors import BoxError, ConfigError, DataError
+from ..limits import check_batch
 from ..models import create_model, save_checkpoint
 from ..models.checkpoints import load_optimizer_state, load_weights, read_training_state
 from ..models.complexity import count_macs, count_parameters
@@ -56,6 +58,34 @@ def epoch_batches(n: int | np.ndarray, batch_size: int, seed: int, epoch: int, r
     usable = (n // (batch_size * world)) * batch_size * world
     mine = order[:usable][rank::world]
     return [mine[i : i + batch_size].tolist() for i in range(0, len(mine), batch_size)]
+
+
+_EPOCH_LINE = re.compile(r"\bepoch (\d+)/\d+ ")
+
+
+def epoch_line(entry: dict[str, Any], epochs: int) -> str:
+    """The log line of one history entry, ``epoch N/M loss=... seconds=...``: one format for fan-train and fan-quantize."""
+    figures = " ".join(f"{k}={v:.4f}" if isinstance(v, float) and k != "seconds" else f"{k}={v}"
+                       for k, v in entry.items() if k != "epoch")
+    return f"epoch {entry['epoch']}/{epochs} {figures}"
+
+
+def unlogged_epochs(log_file: Path, history: list[dict[str, Any]], epochs: int) -> list[str]:
+    """Epoch lines of ``history`` that ``log_file`` lacks, for a resumed run to write.
+
+    Why: the end of an epoch saves the state, then logs its line. A run
+    killed between the two resumes after that epoch (the state has it) and
+    never logs it again; this restores the line, so that the log lists every
+    epoch of the history exactly once (logging first and saving second made
+    a kill between them repeat the epoch and its line).
+    """
+    try:
+        text = log_file.read_text(errors="replace")
+    except OSError:
+        text = ""
+    logged = {int(m.group(1)) for m in _EPOCH_LINE.finditer(text)}
+    return [epoch_line(entry, epochs) for entry in history
+            if isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and entry["epoch"] not in logged]
 
 
 def _setup_logging(out: Path, is_main: bool) -> None:
@@ -151,7 +181,7 @@ def _validate(model: FAN, spec: TrainSpec, device: torch.device) -> dict[str, fl
 def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     """Run (or resume) a training run; returns the final summary (best figures, paths)."""
     dist = Distributed.from_env(spec.device)
-    out = Path(spec.out)
+    out = check_writable(spec.out, "--out", kind="folder")  # a one-line error now, not a traceback at the first save
     _setup_logging(out, dist.is_main)
     torch.manual_seed(spec.seed)
     if spec.loss not in LOSSES:
@@ -170,6 +200,7 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     else:
         model = FAN(FANConfig.from_dict(state["config"]))
         load_weights(model, state["model"])
+    check_batch(spec.batch_size, model.config.input_size)  # at the model's own input size when the spec sets none
     teacher: FAN | None = None
     if spec.teacher:
         teacher = create_model(spec.teacher).to(dist.device).eval()
@@ -198,6 +229,8 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     best = state["best"] if state else {}
     history: list[dict[str, Any]] = state["history"] if state else []
     if dist.is_main:
+        for line in unlogged_epochs(out / "train.log", history, spec.epochs):  # killed between a save and its line
+            log.info("%s (logged on resume)", line)
         write_text_atomic(out / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
         log.info("model %s: %d params, %.3f GMACs, %d faces, device %s, world %d",
                  spec.model, count_parameters(model), count_macs(model, model.config.input_size) / 1e9,
@@ -283,11 +316,10 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
             elif dist.is_main and not spec.val:
                 save_checkpoint(model, out / BEST, _card(spec, model, {}, epoch + 1, dataset, history))
             history.append(entry)
-            if dist.is_main:
-                log.info("epoch %d/%d %s", epoch + 1, spec.epochs,
-                         " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items() if k != "epoch"))
-            save(epoch + 1, 0)
+            save(epoch + 1, 0)  # the state first: a kill before the line below loses no line (resume writes it)
             last_save = time.monotonic()
+            if dist.is_main:
+                log.info("%s", epoch_line(entry, spec.epochs))
             dist.barrier()
     finally:
         for s, h in old_handlers.items():
@@ -295,7 +327,7 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
         dist.close()
     if dist.is_main:
         # The weights at the end of the schedule, selected by nothing: what zoo models ship.
-        final_figures = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss")}
+        final_figures = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss", "seconds")}
         save_checkpoint(model, out / FINAL, _card(spec, model, final_figures, spec.epochs, dataset, history))
         log.info("done: final %s, best %s", json.dumps(final_figures), json.dumps(best))
     return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out)}
@@ -334,10 +366,10 @@ def _progress(total: int, first: int, epoch: int, epochs: int, enabled: bool):
 def _box_unlabeled(dataset: ConcatFaces, teacher: FAN, student: FAN, device: torch.device) -> None:
     """Give faces without .pts a box: the teacher's landmarks on the whole image, boxed."""
     from ..data.metrics import landmark_boxes
-    from ..runtime.crop import crop_matrix, warp_image
+    from ..data.images import load_image
+    from ..runtime.crop import check_boxes, crop_matrix, warp_image
     from ..runtime.decode import crop_points_to_image, decode_heatmaps
     from ..runtime.image import to_network_input
-    from ..data.images import load_image
 
     size = teacher.config.input_size
     for part in dataset.parts:
@@ -351,4 +383,8 @@ def _box_unlabeled(dataset: ConcatFaces, teacher: FAN, student: FAN, device: tor
             m = crop_matrix(box, size, teacher.config.crop)
             x = torch.from_numpy(to_network_input(warp_image(image, m, size)[None])).to(device)
             pts, _ = decode_heatmaps(teacher(x).float().cpu().numpy(), size, teacher.config.refine)
-            part.boxes[i] = landmark_boxes(crop_points_to_image(pts, m[None]))[0]
+            found = landmark_boxes(crop_points_to_image(pts, m[None]))[0]
+            try:  # landmarks collapsed into a point or scattered far off: keep the centre box the crop used
+                part.boxes[i] = check_boxes(found, w, h)[0]
+            except BoxError:
+                part.boxes[i] = box

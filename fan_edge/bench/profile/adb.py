@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ProfileError
+from ...limits import MAX_THREADS, check_int
 from ...runtime.bench import STATUS_PASSED, artifact_size_mb
 from ...runtime.contract import read_sidecar
 from ._run import find_tool, last_line, run_tool
@@ -214,8 +215,10 @@ def profile_adb(artifact: str | Path, benchmark_binary: str | Path, options: Adb
         raise ProfileError(f"{artifact}: not a .tflite file (benchmark_model runs LiteRT / TFLite models)")
     if not binary.is_file():
         raise ProfileError(f"{binary}: no such file (download benchmark_model for the device's ABI, e.g. android_aarch64)")
-    if options.runs < 1 or options.warmup < 0 or (options.threads is not None and options.threads < 1):
-        raise ProfileError("runs and threads must be positive and warmup zero or more")
+    if options.runs < 1 or options.warmup < 0:
+        raise ProfileError("runs must be positive and warmup zero or more")
+    if options.threads is not None:
+        check_int("threads", options.threads, 1, MAX_THREADS, ProfileError)
     described = _describe(artifact)  # a broken sidecar fails before the device is touched
     adb_path = find_tool(options.adb, ADB_HINT)
     serial = pick_device(list_devices(adb_path), options.serial)

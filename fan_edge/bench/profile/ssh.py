@@ -10,7 +10,7 @@ Steps: ``mktemp -d`` on the box, ``scp`` the artifact with its sidecar contract
 (and an OpenVINO ``.bin``) into it, run ``PYTHON -m fan_edge.runtime.bench
 REMOTE_ARTIFACT --json ...`` there, read the JSON row it prints, remove the
 folder. The box needs fan-edge's runtime and one backend
-(``pip install 'fan-edge[onnx]'``, or the ``openvino`` / ``tflite`` extra); the
+(``pip install 'fan-edge[onnxruntime]'``, or the ``openvino`` / ``litert`` extra: no torch); the
 timing is :func:`fan_edge.runtime.bench.time_artifact`'s, i.e. the same
 measurement ``fan-bench`` makes locally, taken on the box.
 
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ProfileError
+from ...limits import MAX_THREADS, check_int
 from ...runtime.bench import artifact_files
 from ...runtime.contract import sidecar_path
 from ._run import find_tool, last_line, run_tool
@@ -153,8 +154,10 @@ def profile_ssh(artifact: str | Path, options: SshOptions) -> dict[str, Any]:
     artifact = Path(artifact)
     if not artifact.exists():
         raise ProfileError(f"{artifact}: no such file")
-    if options.runs < 1 or options.warmup < 0 or (options.threads is not None and options.threads < 1):
-        raise ProfileError("runs and threads must be positive and warmup zero or more")
+    if options.runs < 1 or options.warmup < 0:
+        raise ProfileError("runs must be positive and warmup zero or more")
+    if options.threads is not None:
+        check_int("threads", options.threads, 1, MAX_THREADS, ProfileError)
     options = dataclasses.replace(options, ssh=find_tool(options.ssh, SSH_HINT), scp=find_tool(options.scp, SSH_HINT))
     remote = _Remote(options)
 
@@ -182,7 +185,7 @@ def profile_ssh(artifact: str | Path, options: SshOptions) -> dict[str, Any]:
             raise remote.fail("fan_edge.runtime.bench", ran)
         if "No module named" in text and "fan_edge" in text:
             raise ProfileError(f"{options.python} on {options.host} cannot import fan_edge; install it there: "
-                               "pip install 'fan-edge[onnx]' (or the openvino / tflite extra)")
+                               "pip install 'fan-edge[onnxruntime]' (or the openvino / litert extra)")
         if ran.returncode == 127:
             raise ProfileError(f"{options.python} not found on {options.host} (set --python to the remote interpreter)")
         raise ProfileError(f"fan_edge.runtime.bench on {options.host} printed no row (exit {ran.returncode}): "

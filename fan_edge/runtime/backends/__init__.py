@@ -34,6 +34,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from ...errors import BackendError, FanEdgeError
+from ...limits import MAX_THREADS, check_int
 
 
 # The largest tensor a backend accepts in a graph as declared (dynamic axes counted as 1). FAN's largest activation
@@ -124,9 +125,9 @@ class BackendEntry:
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "onnxruntime": BackendEntry("onnxruntime_backend", "OnnxRuntimeBackend", (".onnx",), "onnxruntime", "onnx"),
+    "onnxruntime": BackendEntry("onnxruntime_backend", "OnnxRuntimeBackend", (".onnx",), "onnxruntime", "onnxruntime"),
     "openvino": BackendEntry("openvino_backend", "OpenVINOBackend", (".xml", ".onnx"), "openvino", "openvino"),
-    "litert": BackendEntry("litert_backend", "LiteRTBackend", (".tflite",), "ai_edge_litert", "tflite"),
+    "litert": BackendEntry("litert_backend", "LiteRTBackend", (".tflite",), "ai_edge_litert", "litert"),
 }
 
 
@@ -198,8 +199,8 @@ def load_backend(
     p = Path(path)
     if not p.is_file():
         raise BackendError(f"{p}: no such file")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise BackendError(f"threads must be a positive integer, got {threads!r}")
+    if threads is not None:  # bounded: 100,000 intra-op threads crash the native runtimes without a word
+        check_int("threads", threads, 1, MAX_THREADS, BackendError)
     name = choose_backend(p, backend)
     cls = backend_class(name)
     device = normalise_device(device)
