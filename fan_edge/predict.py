@@ -27,8 +27,8 @@ import numpy as np
 
 from . import __version__
 from .atomic import atomic_path, check_writable
-from .errors import ConfigError, DataError
-from .runtime.cache import cache_dir
+from .errors import ConfigError, DataError, OutputError
+from .runtime.cache import cache_dir, cache_hint
 from .runtime.crop import check_boxes
 from .runtime.detect import SCAN_SIZE, DlibHogDetector, Faces, detect_and_predict
 from .runtime.image import to_uint8
@@ -72,6 +72,10 @@ def resolve_artifact(model: str, backend: str = "auto", trust: bool = False, log
     out = cache_dir("artifacts") / f"{stem}-{key}-fp32{_SUFFIX[target]}"
     if out.is_file() and out.with_name(out.name + ".json").is_file():
         return out
+    try:  # refused before the "exporting" line: an unwritable cache is one line, not two
+        check_writable(out, "the fan-edge cache")
+    except OutputError as exc:
+        raise OutputError(f"{exc} ({cache_hint()})") from None
     if log is not None:
         log(f"exporting {model} to {out} (once; later runs reuse it)")
     export_model(model if weights is not path else str(path), target, "fp32", output=out, verify=False, trust=trust)
