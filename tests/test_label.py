@@ -414,9 +414,18 @@ def test_stopping_the_job_stops_its_workers(job, tmp_path: Path, signum: int) ->
     assert len(workers) >= 2
     proc.send_signal(signum)
     proc.wait(timeout=60)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a worker still importing torch when its parent dies notices once it is up
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers)
     done = (spec.out / LABELS).read_text().count("\n")
     assert done < 6 * 31  # stopped, not finished by orphans
+
+
+def test_a_worker_whose_job_died_before_it_started_exits() -> None:
+    """The race behind the stopped-job test: the job killed while a worker was still starting (importing torch)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    code = f"from fan_edge.label.job import _init_worker; _init_worker(None, None, 1, {dead.pid}); print('went on')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "went on" not in done.stdout

@@ -158,23 +158,24 @@ _WORKER_ERROR: str | None = None
 _PARENT: int | None = None
 
 
-def _init_worker(spec: LabelSpec, boxes: dict[str, np.ndarray] | None, threads: int) -> None:
+def _init_worker(spec: LabelSpec, boxes: dict[str, np.ndarray] | None, threads: int, parent: int) -> None:
     """Worker initializer: a worker ignores Ctrl-C (the parent stops it) and loads its own teachers."""
     import signal
 
-    import torch
-
     global _WORKER, _WORKER_ERROR, _PARENT
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _PARENT = os.getppid()
+    _PARENT = parent  # the job's pid, given by the job: a parent killed before this runs must not be taken as the reaper
     if sys.platform.startswith("linux"):
         # A parent killed outright (SIGKILL, the OOM killer) runs no cleanup: the kernel then stops this worker too,
-        # instead of leaving it blocked on the task queue for good.
+        # instead of leaving it blocked on the task queue for good (every worker holds the queue's write end too,
+        # so it never sees end-of-file). Set before the slow imports, then check the parent did not die first.
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != _PARENT:  # the parent died before the request took effect
-            os._exit(1)
+    if os.getppid() != _PARENT:
+        os._exit(1)
+    import torch
+
     torch.set_num_threads(threads)
     try:
         _WORKER = Labeller(spec, boxes)
@@ -410,7 +411,7 @@ def label_folder(
             # spawn: a forked child of a process that has run torch's OpenMP threads can hang. An executor, not a
             # multiprocessing.Pool: a worker that dies (killed, out of memory) breaks it loudly instead of hanging.
             executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                                           initargs=(spec, boxes, threads))
+                                           initargs=(spec, boxes, threads, os.getpid()))
             results = executor.map(_work, todo)
         try:
             for result in results:
