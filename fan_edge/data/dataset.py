@@ -49,8 +49,8 @@ def read_folder(root: str | os.PathLike[str], require_points: bool = True) -> tu
     What long jobs call first (training, validation, calibration,
     benchmarks): otherwise a bad file is found when its face is loaded,
     possibly hours in and inside a DataLoader worker, whose traceback wraps
-    the message. Costs a header read and a small parse per face (0.15 s for
-    the 870 faces of HELEN train). The landmarks' box must be one the crop
+    the message. Costs a header read and a small parse per face, far less
+    than one epoch (figures: docs/runtime.md). The landmarks' box must be one the crop
     takes (:func:`~fan_edge.runtime.crop.check_boxes` against the image's
     displayed size): a .pts of 1e300 coordinates is refused here, not as a
     crash inside a data loader.
