@@ -169,3 +169,25 @@ def fan_edge_package(path: Path, files: dict[str, str] | None = None) -> Path:
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_text(text)
     return path
+
+
+def quick_onnx(model_name: str, path: Path, name: str) -> Path:
+    """A model as a plain ONNX artifact with fan-export's contract beside it, via torch's legacy exporter (about a
+    second): for tests of the runtime and the CLI that need a real artifact, not the exporter's own checks."""
+    import warnings
+
+    import torch
+
+    from fan_edge.export.metadata import HEATMAPS_NAME, INPUT_NAME, build_contract
+    from fan_edge.models import create_model
+
+    model = create_model(model_name).eval()
+    size = model.config.input_size
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
+                          input_names=[INPUT_NAME], output_names=[HEATMAPS_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, HEATMAPS_NAME: {0: "batch"}})
+    contract = build_contract(model, model_name=name, card={}, target="onnx", precision="fp32", outputs="heatmaps")
+    path.with_name(path.name + ".json").write_text(contract.to_json(indent=2) + "\n")
+    return path

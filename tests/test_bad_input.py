@@ -138,24 +138,9 @@ BAD_PTS = {
 
 def _legacy_onnx(checkpoint: Path, out: Path) -> Path:
     """The tiny model as an ONNX artifact with fan-export's contract beside it, in about a second."""
-    import warnings
+    from conftest import quick_onnx
 
-    import torch
-
-    from fan_edge.export.metadata import HEATMAPS_NAME, INPUT_NAME, build_contract
-    from fan_edge.models import create_model
-
-    model = create_model(str(checkpoint)).eval()
-    path = out / "tiny.onnx"
-    size = model.config.input_size
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                          input_names=[INPUT_NAME], output_names=[HEATMAPS_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, HEATMAPS_NAME: {0: "batch"}})
-    contract = build_contract(model, model_name="tiny", card={}, target="onnx", precision="fp32", outputs="heatmaps")
-    path.with_name(path.name + ".json").write_text(contract.to_json(indent=2) + "\n")
-    return path
+    return quick_onnx(str(checkpoint), out / "tiny.onnx", "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -255,24 +255,11 @@ def face(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def session(tmp_path_factory):
     """The bundled default model as an ONNX artifact with fan-export's contract, via torch's quick legacy exporter."""
     pytest.importorskip("onnxruntime")
-    import warnings
+    from conftest import quick_onnx
 
-    import torch
-
-    from fan_edge.export.metadata import HEATMAPS_NAME, INPUT_NAME, build_contract
-    from fan_edge.models import create_model
     from fan_edge.runtime import LandmarkSession
 
-    model = create_model("default").eval()
-    path = tmp_path_factory.mktemp("model") / "default.onnx"
-    size = model.config.input_size
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                          input_names=[INPUT_NAME], output_names=[HEATMAPS_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, HEATMAPS_NAME: {0: "batch"}})
-    contract = build_contract(model, model_name="default", card={}, target="onnx", precision="fp32", outputs="heatmaps")
-    path.with_name(path.name + ".json").write_text(contract.to_json(indent=2) + "\n")
+    path = quick_onnx("default", tmp_path_factory.mktemp("model") / "default.onnx", "default")
     with LandmarkSession(path) as s:
         yield s
 
