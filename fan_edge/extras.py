@@ -1,6 +1,6 @@
 """Which pip extra installs which module: a toolkit command in a runtime-only install says what to add, in one line.
 
-The base install is the runtime (numpy and OpenCV); everything torch-side
+The base install is the runtime (numpy and Pillow); everything torch-side
 comes with the extras named here (``pyproject.toml``).
 """
 
@@ -11,6 +11,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "torch": "train",
     "safetensors": "train",
     "albumentations": "train",
+    "cv2": "train",
     "tqdm": "train",
     "onnx": "onnx",
     "onnxscript": "onnx",

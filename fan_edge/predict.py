@@ -17,6 +17,7 @@ re-boxing from the predicted landmarks.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Callable
@@ -186,25 +187,29 @@ def predict_photo(
 
 
 def draw_faces(image: np.ndarray, faces: Faces) -> np.ndarray:
-    """A BGR uint8 copy of an RGB image with each face's box and landmarks drawn (sizes follow the face).
+    """An RGB uint8 copy of an image with each face's box and landmarks drawn (sizes follow the face).
 
     Any image the runtime takes (grey, RGBA, 16-bit, float; :mod:`fan_edge.runtime.image`)
-    is drawn the way the model saw it.
+    is drawn the way the model saw it. Pillow draws, as it decodes in the
+    runtime-only install: drawing needs nothing beyond the base install.
     """
-    import cv2
+    from PIL import Image, ImageDraw
 
     pixels = to_uint8(image)
-    canvas = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR) if pixels.ndim == 2 else np.ascontiguousarray(pixels[..., ::-1])
+    rgb = np.dstack([pixels] * 3) if pixels.ndim == 2 else pixels[..., :3]
+    canvas = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    pen = ImageDraw.Draw(canvas)
     for box, points in zip(faces.boxes, faces.points):
         side = max(float(box[2] - box[0]), float(box[3] - box[1]), 1.0)
         radius = max(1, round(side / 90))
         thick = max(1, round(side / 200))
         x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), (255, 160, 0), thick, cv2.LINE_AA)
+        pen.rectangle((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)), outline=(0, 160, 255), width=thick)
         for x, y in points:
             if np.isfinite(x) and np.isfinite(y):
-                cv2.circle(canvas, (int(round(x)), int(round(y))), radius, (0, 255, 0), -1, cv2.LINE_AA)
-    return canvas
+                cx, cy = int(round(x)), int(round(y))
+                pen.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=(0, 255, 0))
+    return np.asarray(canvas)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -220,15 +225,19 @@ def check_image_output(path: str | Path) -> Path:
     return out
 
 
-def write_image(path: str | Path, bgr: np.ndarray) -> Path:
-    """Encode by the file's suffix (.png, .jpg, ...) and write atomically."""
-    import cv2
+# Pillow's encoder for each --out suffix, with the options that keep the drawing sharp.
+_ENCODERS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}),
+             ".bmp": ("BMP", {}), ".webp": ("WEBP", {"lossless": True}), ".tif": ("TIFF", {}), ".tiff": ("TIFF", {})}
+
+
+def write_image(path: str | Path, rgb: np.ndarray) -> Path:
+    """Encode an RGB uint8 image by the file's suffix (.png, .jpg, ...) and write it atomically."""
+    from PIL import Image
 
     out = check_image_output(path)
-    suffix = out.suffix.lower()
-    ok, data = cv2.imencode(suffix, bgr)
-    if not ok:
-        raise DataError(f"{out}: OpenCV cannot encode {suffix}")
+    fmt, options = _ENCODERS[out.suffix.lower()]
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format=fmt, **options)
     with atomic_path(out) as tmp:
-        tmp.write_bytes(data.tobytes())
+        tmp.write_bytes(buffer.getvalue())
     return out

@@ -229,6 +229,53 @@ def test_ordinary_files_of_every_format_still_read(ext: str, tmp_path: Path) -> 
     assert read_image(path).shape[:2] == (60, 80)
 
 
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tif", ".ppm", ".pgm", ".gif", ".pfm", ".hdr", ".jp2"])
+def test_the_pillow_decoder_gives_opencvs_pixels_or_says_it_needs_opencv(ext: str, tmp_path: Path, monkeypatch) -> None:
+    """The runtime-only install decodes with Pillow: the same array as OpenCV's for its formats, one line for the rest."""
+    from fan_edge.data.headers import read_header
+    from fan_edge.data.images import PILLOW_FORMATS, read_image
+    from fan_edge.errors import DataError
+
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = np.arange(80) * 3, 90, np.arange(60)[:, None] * 4
+    image = rgb.astype(np.float32) / 255 if ext in (".pfm", ".hdr") else (rgb[..., 0] if ext == ".pgm" else rgb[..., ::-1])
+    try:
+        ok, data = cv2.imencode(ext, np.ascontiguousarray(image))
+    except cv2.error:
+        ok = False
+    if not ok:
+        pytest.skip(f"this OpenCV cannot write {ext}")
+    path = tmp_path / f"small{ext}"
+    path.write_bytes(data.tobytes())
+    monkeypatch.setenv("FAN_EDGE_IMAGE_DECODER", "opencv")
+    by_opencv = read_image(path)
+    monkeypatch.setenv("FAN_EDGE_IMAGE_DECODER", "pillow")
+    if read_header(path).format in PILLOW_FORMATS:
+        by_pillow = read_image(path)
+        assert by_pillow.dtype == by_opencv.dtype and by_pillow.shape == by_opencv.shape
+        if ext == ".jpg":
+            np.testing.assert_array_equal(by_pillow, by_opencv)  # libjpeg-turbo in both, same settings
+        else:
+            np.testing.assert_array_equal(by_pillow[..., :3] if ext == ".gif" else by_pillow, by_opencv[..., :3] if ext == ".gif" else by_opencv)
+    else:
+        with pytest.raises(DataError, match=r"images need OpenCV, which this install lacks: pip install opencv-python-headless"):
+            read_image(path)
+
+
+def test_the_pillow_decoder_sizes_the_image_from_its_own_reading(tmp_path: Path, monkeypatch) -> None:
+    """A bomb that passes fan-edge's header reader (here: the limit lowered) is still refused before Pillow decodes it."""
+    import fan_edge.data.images as images
+    from fan_edge.errors import DataError
+
+    path = tmp_path / "big.png"
+    path.write_bytes(cv2.imencode(".png", np.zeros((300, 400, 3), np.uint8))[1].tobytes())
+    monkeypatch.setenv("FAN_EDGE_IMAGE_DECODER", "pillow")
+    monkeypatch.setattr(images, "check_size", lambda *_: None)  # as if the header reader had read a smaller size
+    monkeypatch.setattr(images, "MAX_PIXELS", 100_000)
+    with pytest.raises(DataError, match=r"400x300 is larger than 100,000 pixels"):
+        images.read_image(path)
+
+
 # ---- EXIF orientation ------------------------------------------------------------------------------------------
 
 INVERSE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}  # stored = apply(INVERSE[o], upright) shows upright under o
@@ -282,8 +329,10 @@ def test_apply_orientation_is_what_pillow_shows() -> None:
         np.testing.assert_array_equal(apply_orientation(stored, o), shown, err_msg=f"orientation {o}")
 
 
+@pytest.mark.parametrize("decoder", ["opencv", "pillow"])
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
-def test_sideways_photos_read_upright_and_give_the_upright_landmarks(fmt: str, face, session, tmp_path: Path) -> None:
+def test_sideways_photos_read_upright_and_give_the_upright_landmarks(fmt: str, decoder: str, face, session, tmp_path: Path,
+                                                                    monkeypatch) -> None:
     """Each of the 8 orientations: the file stores the face turned or mirrored, its EXIF tag says how to show it.
 
     read_image shows it as Pillow's exif_transpose does; the landmarks for the box given in that displayed frame
@@ -294,6 +343,7 @@ def test_sideways_photos_read_upright_and_give_the_upright_landmarks(fmt: str, f
 
     from fan_edge.data.images import apply_orientation, check_image_file, read_image
 
+    monkeypatch.setenv("FAN_EDGE_IMAGE_DECODER", decoder)
     upright, box = face
     lossless = {"lossless": True} if fmt == "WEBP" else ({"quality": 95} if fmt == "JPEG" else {})
     suffix = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif"}[fmt]

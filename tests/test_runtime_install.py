@@ -1,4 +1,4 @@
-"""A runtime-only install, built for real: numpy, OpenCV and the ONNX Runtime and LiteRT backends, no torch.
+"""A runtime-only install, built for real: numpy, Pillow and the ONNX Runtime and LiteRT backends, no torch, no OpenCV.
 
 What an app or an edge box ships (``pip install 'fan-edge[onnxruntime]'``):
 ``fan-edge predict`` on exported artifacts must work there and give the
@@ -53,9 +53,12 @@ def test_no_torch_in_the_runtime_install(runtime_venv: Path):
     listed = _run(runtime_venv, "python", "-m", "pip", "list", "--format", "json")
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
     assert {"fan-edge", "numpy", "onnxruntime", "ai-edge-litert"} <= names
-    assert not names & {"torch", "jax", "jaxlib", "litert-torch", "safetensors", "albumentations"}, names
+    assert not names & {"torch", "jax", "jaxlib", "litert-torch", "safetensors", "albumentations", "opencv-python",
+                        "opencv-python-headless"}, names
     imported = _run(runtime_venv, "python", "-c", "import fan_edge.runtime, fan_edge.predict, sys; print('torch' in sys.modules)")
     assert imported.stdout.strip() == "False", imported.stderr
+    decoder = _run(runtime_venv, "python", "-c", "from fan_edge.data.images import image_decoder; print(image_decoder())")
+    assert decoder.stdout.strip() == "pillow", decoder.stderr
 
 
 def _face(data_dir: Path) -> tuple[Path, np.ndarray]:
@@ -71,15 +74,24 @@ def test_predict_on_a_real_face_matches_the_full_install(runtime_venv: Path, dat
                 "--boxes", ",".join(f"{v:.3f}" for v in box))
     assert done.returncode == 0, done.stderr
     points = np.array(json.loads(done.stdout)["faces"][0]["points"])
+    drawn = runtime_venv.parent / f"drawn-{kind}.png"
+    done = _run(runtime_venv, "fan-edge", "predict", str(image), "--model", str(artifact), "--out", str(drawn),
+                "--boxes", ",".join(f"{v:.3f}" for v in box))
+    assert done.returncode == 0 and drawn.stat().st_size > 0, done.stderr
     from fan_edge.data.images import read_image
 
+    # The full install decodes with OpenCV, the runtime-only one with Pillow: the same libjpeg-turbo pixels.
     expected, _ = LandmarkSession(artifact).predict(read_image(image), np.round(box, 3)[None])
     np.testing.assert_allclose(points, expected[0], atol=0.006)  # the JSON rounds to 0.01 px
 
 
 def test_toolkit_commands_name_their_extra(runtime_venv: Path):
     for argv in (["fan-edge", "eval", "default", "--data", "x"], ["fan-train", "--model", "fan1", "--data", "x", "--out", "y"],
-                 ["fan-edge", "info"]):
+                 ["fan-edge", "info", "run.safetensors"]):
         done = _run(runtime_venv, *argv)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "pip install 'fan-edge[train]'" in done.stderr and "Traceback" not in done.stderr
+    # The registry and its cards need no torch: counts come from the cards or in closed form.
+    for argv in (["fan-edge", "models"], ["fan-edge", "info", "default"]):
+        done = _run(runtime_venv, *argv)
+        assert done.returncode == 0 and "default" in done.stdout, done.stderr

@@ -19,6 +19,8 @@ points are in that displayed frame (docs/runtime.md).
 from __future__ import annotations
 
 import functools
+import importlib.util
+import io
 import logging
 import os
 import re
@@ -28,6 +30,7 @@ import tempfile
 import threading
 import zlib
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,6 +44,7 @@ MAX_DECODED_BYTES = 1 << 30  # the decoded array (and a decoder's working buffer
 # OpenCV's log prefix, "[ERROR:0@0.05] global grfmt_tiff.cpp:117 TIFF_Error ", dropped from decoder messages.
 _CV_LOG_PREFIX = re.compile(r"^\[\s*[A-Z]+:\d+@[\d.]+\]\s+(global\s+)?\S+:\d+\s+\S+\s+")
 _DECODE_LOCK = threading.Lock()
+DECODER_ENV = "FAN_EDGE_IMAGE_DECODER"
 log = logging.getLogger(__name__)
 
 
@@ -50,17 +54,16 @@ def _decoder_lines(text: str) -> list[str]:
     return [ln[:200] for ln in dict.fromkeys(ln for ln in lines if ln)]
 
 
-def _decode(data: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
-    """``cv2.imdecode`` with what its codecs print kept off the terminal and returned instead.
+def _codec_chatter(decode: Callable[[], np.ndarray | None]) -> tuple[np.ndarray | None, list[str]]:
+    """``decode()`` with what its codecs print kept off the terminal and returned instead.
 
     libpng, libjpeg and libtiff write straight to file descriptor 2 ("libpng
     error: IDAT: CRC error"), around OpenCV's own log lines: left alone they
     would add lines of their own to a one-line error. The descriptor points
     at a temporary file for the call; a lock keeps two threads from swapping
     it at once (decoding threads take turns; data loaders use processes).
+    A decoder's exception becomes the last line of the chatter and a None image.
     """
-    import cv2
-
     with _DECODE_LOCK, tempfile.TemporaryFile() as sink:
         try:
             sys.stderr.flush()
@@ -71,16 +74,105 @@ def _decode(data: np.ndarray) -> tuple[np.ndarray | None, list[str]]:
             if saved is not None:
                 os.dup2(sink.fileno(), 2)
             try:
-                image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-            except cv2.error as exc:
+                image = decode()
+            except DataError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a damaged file can raise anything inside a codec; it is refused
                 image = None
-                sink.write(str(exc).encode() + b"\n")
+                sink.write(f"{exc or type(exc).__name__}".encode() + b"\n")
         finally:
             if saved is not None:
                 os.dup2(saved, 2)
                 os.close(saved)
         sink.seek(0)
         return image, _decoder_lines(sink.read().decode("utf-8", errors="replace"))
+
+
+@functools.lru_cache(maxsize=1)
+def _opencv_installed() -> bool:
+    return importlib.util.find_spec("cv2") is not None
+
+
+def image_decoder() -> str:
+    """``"opencv"`` or ``"pillow"``: the decoder :func:`read_image` uses in this process.
+
+    OpenCV where it is installed (the toolkit: training, export, the test
+    suite), Pillow in the runtime-only install, whose base is numpy and Pillow
+    (OpenCV alone is 170 MB installed). Both decode JPEG through
+    libjpeg-turbo with the same settings, so the pixels, and the landmarks,
+    are the same (docs/runtime.md). ``FAN_EDGE_IMAGE_DECODER`` picks one.
+    """
+    choice = os.environ.get(DECODER_ENV, "").strip().lower()
+    if choice not in ("", "opencv", "pillow"):
+        raise DataError(f"{DECODER_ENV}={choice!r}: expected opencv or pillow")
+    if choice == "opencv" and not _opencv_installed():
+        raise DataError(f"{DECODER_ENV}=opencv, but OpenCV is not installed: pip install opencv-python-headless")
+    return choice or ("opencv" if _opencv_installed() else "pillow")
+
+
+def _opencv_decode(data: np.ndarray) -> np.ndarray | None:
+    """OpenCV's pixels at the file's depth, RGB(A) order (its BGR(A) swapped in place: no second copy)."""
+    import cv2
+
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ValueError(str(exc)) from None
+    if image is not None and image.ndim == 3 and image.shape[2] in (3, 4):
+        cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=image)
+    return image
+
+
+# The formats the Pillow path decodes (header name -> Pillow's plugin), each only by its own plugin: a file the header
+# reader took for one format is never handed to another decoder. The rest need OpenCV.
+PILLOW_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "BMP": "BMP", "WebP": "WEBP", "TIFF": "TIFF", "GIF": "GIF", "PNM": "PPM"}
+_PILLOW_SAMPLE_BYTES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def _pillow_array(im: Any) -> np.ndarray:
+    """A decoded Pillow image as the array OpenCV's unchanged read gives: grey, RGB or RGBA, at the file's depth."""
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return np.array(im).astype(np.uint16, copy=False)
+    if mode in ("L", "RGB", "RGBA", "I", "F"):
+        return np.array(im)
+    if mode == "1":
+        return np.array(im.convert("L"))
+    if mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in im.info):
+        return np.array(im.convert("RGBA"))
+    return np.array(im.convert("RGB"))  # palette, CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def _pillow_decode(data: bytes, header: ImageHeader, path: Path) -> np.ndarray | None:
+    """Pillow's pixels, sized from Pillow's own reading of the header before a pixel is decoded.
+
+    The size Pillow will allocate is checked against :data:`MAX_PIXELS` and
+    :data:`MAX_DECODED_BYTES` here as well as from fan-edge's header reader,
+    so a disagreement between the two readers cannot let a bomb through.
+    Pillow's own bomb limit (a process-wide setting, 179 MP by default) is
+    lifted for the call, under the decode lock, and restored.
+    """
+    from PIL import Image
+
+    plugin = PILLOW_FORMATS.get(header.format)
+    if plugin is None:
+        raise DataError(f"{path}: {header.format} images need OpenCV, which this install lacks: "
+                        "pip install opencv-python-headless (or convert the image to JPEG or PNG)")
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(io.BytesIO(data), formats=[plugin]) as im:
+            width, height = im.size
+            if width * height > MAX_PIXELS:
+                raise DataError(f"{path}: {width}x{height} is larger than {MAX_PIXELS:,} pixels")
+            nbytes = width * height * len(im.getbands()) * _PILLOW_SAMPLE_BYTES.get(im.mode, 1)
+            if nbytes > MAX_DECODED_BYTES:
+                raise DataError(f"{path}: {width}x{height} {header.format} would decode to {nbytes / 2**30:.1f} GiB, "
+                                f"more than {MAX_DECODED_BYTES / 2**30:.0f} GiB")
+            im.load()
+            return _pillow_array(im)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def check_size(path: str | os.PathLike[str], header: ImageHeader) -> None:
@@ -143,7 +235,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 def _probe(fmt: str) -> bytes | None:
     """A 3 x 2 grey image in ``fmt`` tagged with orientation 6 (a quarter turn), or None for formats without EXIF."""
-    import cv2
+    from PIL import Image
 
     pixels = np.arange(6, dtype=np.uint8).reshape(2, 3) * 40
     exif = exif_block(6)
@@ -159,34 +251,39 @@ def _probe(fmt: str) -> bytes | None:
         return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 3, 2, 8, 0, 0, 0, 0))
                 + _png_chunk(b"eXIf", exif) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
     if fmt == "JPEG":
-        jpeg = cv2.imencode(".jpg", pixels)[1].tobytes()
+        jpeg = _pillow_encode(Image.fromarray(pixels), "JPEG")
         return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 8) + b"Exif\x00\x00" + exif + jpeg[2:]
     if fmt == "WebP":
-        simple = cv2.imencode(".webp", np.dstack([pixels] * 3), [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes()
+        simple = _pillow_encode(Image.fromarray(np.dstack([pixels] * 3)), "WEBP", lossless=True)
         vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x08, 0, 0, 0]) + (2).to_bytes(3, "little") + (1).to_bytes(3, "little")
         body = b"WEBP" + vp8x + simple[12:] + b"EXIF" + struct.pack("<I", len(exif)) + exif + b"\0" * (len(exif) & 1)
         return b"RIFF" + struct.pack("<I", len(body)) + body
     return None
 
 
+def _pillow_encode(image: Any, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
 @functools.lru_cache(maxsize=None)
-def decoder_orients(fmt: str) -> bool:
-    """Whether OpenCV's decoder for ``fmt`` applies the EXIF orientation itself (unchanged-mode reads).
+def decoder_orients(fmt: str, decoder: str = "opencv") -> bool:
+    """Whether ``decoder`` ("opencv" or "pillow") applies the EXIF orientation of ``fmt`` files itself.
 
-    OpenCV leaves JPEG, PNG and WebP as stored in that mode but its TIFF
-    decoder turns the pixels (this varies across versions): a 3 x 2 probe
-    tagged with a quarter turn answers it once per process, so that the
-    orientation is applied exactly once.
+    Both leave JPEG, PNG and WebP as stored, but both TIFF decoders turn the
+    pixels (OpenCV's in unchanged-mode reads, varying across versions;
+    Pillow's since it reads TIFF through libtiff): a 3 x 2 probe tagged with a
+    quarter turn answers it once per process, so that the orientation is
+    applied exactly once.
     """
-    import cv2
-
     data = _probe(fmt)
     if data is None:
         return False
-    try:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        return False
+    if decoder == "opencv":
+        decoded, _ = _codec_chatter(lambda: _opencv_decode(np.frombuffer(data, np.uint8)))
+    else:
+        decoded, _ = _codec_chatter(lambda: _pillow_decode(data, ImageHeader(fmt, 3, 2, 1), Path(f"probe.{fmt}")))
     return decoded is not None and decoded.shape[:2] == (3, 2)
 
 
@@ -197,11 +294,13 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     converts only each face's window), so a large photo is never copied to float whole.
     The EXIF orientation is applied (a copy, only for photos that carry one).
     """
-    import cv2
-
     p = Path(path)
     header = image_header(p)
-    image, chatter = _decode(np.fromfile(p, dtype=np.uint8))
+    decoder = image_decoder()
+    if decoder == "opencv":
+        image, chatter = _codec_chatter(lambda: _opencv_decode(np.fromfile(p, dtype=np.uint8)))
+    else:
+        image, chatter = _codec_chatter(lambda: _pillow_decode(p.read_bytes(), header, p))
     if image is None:
         raise DataError(f"{p}: not a readable image" + (f" ({chatter[0]})" if chatter else ""))
     if chatter:  # decoded, but damaged (a corrupt JPEG segment, a short TIFF strip): say so once, in one line
@@ -213,9 +312,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         check_image(image)
     except ValueError as exc:
         raise DataError(f"{p}: {exc}") from None
-    if image.ndim == 3 and image.shape[2] in (3, 4):  # OpenCV's BGR(A) to RGB(A), in place: no second copy
-        cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=image)
-    if header.orientation != 1 and not decoder_orients(header.format):
+    if header.orientation != 1 and not decoder_orients(header.format, decoder):
         image = apply_orientation(image, header.orientation)
     return image
 
