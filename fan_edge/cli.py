@@ -21,8 +21,10 @@ from .limits import (
 )
 
 
-def _model_arg(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+def _model_arg(parser: argparse.ArgumentParser, positional: bool = True, artifacts: bool = False) -> None:
     help_text = "registry name (see `fan-edge models`) or checkpoint path (.safetensors, .pth.tar, TorchScript .zip)"
+    if artifacts:
+        help_text = help_text.replace(" or checkpoint", ", checkpoint") + ", or exported artifact (.onnx, .xml, .tflite)"
     if positional:
         parser.add_argument("model", nargs="?", default="default", help=help_text)
     else:
@@ -31,16 +33,25 @@ def _model_arg(parser: argparse.ArgumentParser, positional: bool = True) -> None
 
 
 def model_summary(name: str, trust: bool = False) -> dict[str, Any]:
-    """Variant, architecture, parameters and MACs (counted by torch's FlopCounterMode)."""
-    from .models import count_macs, count_parameters, create_model, get_entry
-    from .models.factory import _looks_like_path
+    """Variant, architecture, parameters and MACs.
 
-    model = create_model(name, trust=trust)
-    cfg = model.config
-    trained = True
-    if not _looks_like_path(name):
+    A registry name is answered from its model card and config alone (counts in closed form,
+    :func:`fan_edge.models.complexity.entry_complexity`): no torch, no forward pass. A checkpoint is read and built.
+    """
+    from .models.complexity import config_macs, entry_complexity
+    from .models.factory import is_checkpoint_path
+    from .models.registry import get_entry
+
+    if is_checkpoint_path(name):
+        from .models import count_parameters, create_model
+
+        model = create_model(name, trust=trust)
+        cfg, trained = model.config, True
+        parameters, macs = count_parameters(model), config_macs(cfg, exit_stack=model.exit_stack)
+    else:
         entry = get_entry(name)
-        trained = entry.trained
+        cfg, trained = entry.config, entry.trained
+        parameters, macs = entry_complexity(entry)
     return {
         "model": name,
         "stacks": cfg.stacks,
@@ -48,8 +59,8 @@ def model_summary(name: str, trust: bool = False) -> dict[str, Any]:
         "input_size": cfg.input_size,
         "heatmap_size": cfg.heatmap_size,
         "num_landmarks": cfg.num_landmarks,
-        "parameters": count_parameters(model),
-        "macs": count_macs(model, cfg.input_size),
+        "parameters": parameters,
+        "macs": macs,
         "trained": trained,
         "crop": cfg.crop.to_dict(),
     }
@@ -80,18 +91,53 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from .bench.evaluate import evaluate_model
-    from .models import create_model
+def _artifact_suffixes() -> list[str]:
+    from .runtime.backends import BACKENDS
 
-    model = create_model(args.model, trust=args.trust)
-    result = evaluate_model(model, args.data, batch_size=args.batch_size)
+    return sorted({s for entry in BACKENDS.values() for s in entry.suffixes})
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench.evaluate import evaluate_model, evaluate_session, training_folders
+    from .errors import ConfigError
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    # Progress on stderr while the faces run (tqdm: off when stderr is not a terminal or FAN_EDGE_NO_PROGRESS=1).
+    if Path(args.model).suffix.lower() in _artifact_suffixes():
+        from .runtime.session import LandmarkSession
+
+        with LandmarkSession(args.model, backend=args.backend, device=args.device, threads=args.threads) as session:
+            result = evaluate_session(session, args.data, batch_size=args.batch_size, progress=True, log=log)
+            runs_on = {"backend": session.backend.name, "device": session.device}
+    else:
+        if args.backend != "auto" or args.device != "auto" or args.threads is not None:
+            raise ConfigError(f"--backend, --device and --threads are for exported artifacts ({', '.join(_artifact_suffixes())}); "
+                              f"{args.model} runs in PyTorch on the CPU")
+        from .models import create_model
+
+        model = create_model(args.model, trust=args.trust)
+        result = evaluate_model(model, args.data, batch_size=args.batch_size, progress=True, log=log)
+        runs_on = {"backend": "pytorch", "device": "cpu"}
     figures = result.scores.as_percent()
+    folders = {name: scores.as_percent() for name, scores in result.by_folder().items()}
+    flagged = training_folders(result.folders, args.data)
     if args.json:
-        print(json.dumps({"model": args.model, "data": str(args.data), **figures}, indent=2))
+        print(json.dumps({"model": args.model, "data": str(args.data), **runs_on, **figures, "folders": folders,
+                          "training_folders": flagged}, indent=2))
         return 0
-    print(f"{args.model} on {args.data}: {figures['faces']} faces (boxes from ground-truth landmarks)")
+    where = f"; {runs_on['backend']} on {runs_on['device']}" if runs_on["backend"] != "pytorch" else ""
+    print(f"{args.model} on {args.data}: {figures['faces']} faces (boxes from ground-truth landmarks){where}")
     print(f"NME inter-ocular {figures['nme_io']:.2f} %   NME box {figures['nme_box']:.2f} %   AUC@7 {figures['auc7']:.1f} %   FR@7 {figures['fr7']:.2f} %")
+    if list(folders) == ["."]:
+        return 0  # the folder itself, no subfolders: the line above says it all
+    width = max(len(name) for name in folders)
+    for name, f in folders.items():
+        note = "   (named like training data)" if name in flagged else ""
+        print(f"  {name.ljust(width)}  {f['faces']:>6} faces   NME io {f['nme_io']:.2f} %{note}")
     return 0
 
 
@@ -231,7 +277,7 @@ def _run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
     except ModuleNotFoundError as exc:
-        # A toolkit command in a runtime-only install (numpy, OpenCV and one backend): name the extra, not a traceback.
+        # A toolkit command in a runtime-only install (numpy, Pillow and one backend): name the extra, not a traceback.
         message = missing_extra(exc)
         if args.debug or message is None:
             raise
@@ -260,11 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="as a markdown table (docs/zoo.md is this output)")
     p.set_defaults(handler=_cmd_models)
 
-    p = sub.add_parser("eval", help="landmark accuracy on a folder of images with .pts")
-    _model_arg(p)
-    p.add_argument("--data", required=True, help="folder of images with .pts annotations")
+    p = sub.add_parser("eval", help="landmark accuracy on a folder of images with .pts (a model or an exported artifact)")
+    _model_arg(p, artifacts=True)
+    p.add_argument("--data", required=True, help="folder of images with .pts annotations, searched recursively "
+                   "(the faces scored in each subfolder are listed)")
     p.add_argument("--batch-size", type=batch_arg, default=16, help=f"faces per forward pass (1..{MAX_BATCH_SIZE}; default 16)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "litert"),
+                   help="for an exported artifact (.onnx, .xml, .tflite), scored through the runtime with its sidecar contract")
+    p.add_argument("--device", default="auto", help="for an exported artifact: auto, cpu, gpu, npu, or a backend's own")
+    p.add_argument("--threads", type=threads_arg, help=f"for an exported artifact: intra-op threads (1..{MAX_THREADS})")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bundle", help="add a trained checkpoint to the packaged zoo with freshly measured figures")

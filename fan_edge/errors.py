@@ -5,6 +5,10 @@ faces) is raised as a subclass of ``FanEdgeError`` so that the CLI can print
 its message without a traceback, while library users can catch it by type.
 """
 
+from __future__ import annotations
+
+import re
+
 
 class FanEdgeError(Exception):
     """Base class of every error that fan-edge reports to a user."""
@@ -56,3 +60,18 @@ class BoxError(DataError, ValueError):
     A DataError like every bad input (one line from the CLI) and a ValueError,
     as numerical code expects from the crop functions that raise it.
     """
+
+
+def first_line(exc: BaseException, limit: int = 300, *, with_type: bool = False, drop: re.Pattern[str] | None = None) -> str:
+    """The first non-blank line of ``exc``'s message, at most ``limit`` characters: an error in one line.
+
+    An exception without a message gives its type's name. ``with_type`` puts the type first
+    (``"ValueError: bad value"``), for errors that are not fan-edge's own. ``drop`` is removed from the
+    message first: the source locations that native libraries (onnxruntime, OpenVINO) put in their errors.
+    """
+    text = str(exc) if drop is None else drop.sub("", str(exc))
+    line = next((stripped for raw in text.splitlines() if (stripped := raw.strip())), "")[:limit]
+    name = type(exc).__name__
+    if with_type:
+        return f"{name}: {line}" if line else name
+    return line or name

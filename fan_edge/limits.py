@@ -99,6 +99,22 @@ def int_arg(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a count of one or more, without an upper bound (runs, calls)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse ``type`` for a count of zero or more, without an upper bound (warm-up runs)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
 # The argparse types of the flags that start threads or processes.
 threads_arg = int_arg(1, MAX_THREADS)
 workers_arg = int_arg(1, MAX_WORKERS)

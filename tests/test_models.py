@@ -110,6 +110,51 @@ def test_early_exit_does_not_compute_later_stacks():
     assert count_macs(three, 128) == count_macs(one, 128) < full
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_closed_form_counts_are_the_forward_pass_counts(name):
+    """What fan-edge models and info print (card or closed form, no forward pass) is exactly what the graph counts."""
+    from fan_edge.models.complexity import config_macs, config_parameters, entry_complexity
+
+    entry = get_entry(name)
+    model = create_model(entry.config, weights=False)
+    counted = count_parameters(model), count_macs(model, entry.config.input_size)
+    assert (config_parameters(entry.config), config_macs(entry.config)) == counted
+    assert entry_complexity(entry) == counted  # a zoo card's figures included
+
+
+# A consistent pruned layout of width 32: a narrower stem (conv3's identity shortcut keeps conv2's 14), hourglass and
+# top_m blocks re-split within the trunk's 32, narrower and wider conv_last.
+PRUNED = {"conv1": 6, "conv2.conv1": 6, "conv3.conv1": 6, "m0.b1_3.conv1": 12, "m0.b1_3.conv2": 12,
+          "m1.b2_plus_1.conv3": 4, "m1.b2_plus_1.conv1": 20, "top_m_0.conv2": 4, "top_m_0.conv3": 12,
+          "conv_last0": 24, "conv_last1": 40}
+
+
+@pytest.mark.parametrize("channels", [None, PRUNED])
+def test_closed_form_counts_of_pruned_layouts_early_exits_and_other_sizes(channels):
+    from fan_edge.models.complexity import config_macs, config_parameters
+
+    config = FANConfig(stacks=2, width=32, input_size=128, num_landmarks=19, hourglass_depth=3, channels=channels)
+    model = create_model(config, weights=False)
+    assert config_parameters(config) == count_parameters(model)
+    for size in (64, 128, 192):
+        assert config_macs(config, size) == count_macs(model, size)
+    model.set_exit(1)
+    assert config_macs(config, exit_stack=1) == count_macs(model, 128) < config_macs(config)
+
+
+def test_models_and_info_start_without_torch():
+    """fan-edge models and fan-edge info NAME read cards and count in closed form: no torch import (1.8 s alone)."""
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys; from fan_edge.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "    codes = [main(['models']), main(['models', '--markdown']), main(['info', 'default']), main(['info', 'fan4', '--json'])]\n"
+            "print(codes, 'torch' in sys.modules, len(out.getvalue()) > 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[0, 0, 0, 0] False True", done.stderr
+
+
 def test_narrow_variants_shrink_the_stem():
     cfg = config_from_name("fan1-w64-i128")
     assert cfg.stem_channels == (16, 32, 32, 64)

@@ -106,7 +106,7 @@ def test_a_failing_call_is_counted_and_the_soak_goes_on(onnx_path):
 
 def test_memory_growth_at_the_bound_fails(onnx_path, monkeypatch):
     readings = iter([100.0, 105.0])  # after warm-up, at the end
-    monkeypatch.setattr(soak, "_rss_now_mb", lambda: next(readings))
+    monkeypatch.setattr(soak, "current_rss_mb", lambda: next(readings))
     report = _soak_with(onnx_path, lambda original, n: original, calls=24)
     assert report["rss_growth_pct"] == 5.0 and not report["passed"]
     assert report["failures"] == ["resident memory grew 5.00% after warm-up (bound 5%)"]

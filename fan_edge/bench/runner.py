@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import write_text_atomic
-from ..errors import BenchError, FanEdgeError
+from ..errors import BenchError, FanEdgeError, first_line
 from ..limits import MAX_THREADS, check_int
 from ..runtime.bench import (
     ROW_KEYS,
@@ -49,7 +49,6 @@ from ..runtime.bench import (
     STATUS_FAILED,
     STATUS_FAILED_ACCURACY,
     STATUS_PASSED,
-    _first_line,
     artifact_size_mb,
 )
 from .targets import TORCH, BenchTarget
@@ -108,9 +107,7 @@ def _fail(row: dict[str, Any], reason: str, status: str = STATUS_FAILED) -> dict
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, FanEdgeError):
-        return _first_line(exc)
-    return f"{type(exc).__name__}: {_first_line(exc)}"
+    return first_line(exc, with_type=not isinstance(exc, FanEdgeError))
 
 
 # ---- faces ---------------------------------------------------------------------------------------

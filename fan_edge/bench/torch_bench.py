@@ -21,15 +21,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import FanEdgeError
+from ..errors import FanEdgeError, first_line
 from ..limits import MAX_THREADS, threads_arg
 from ..runtime.bench import (
     STATUS_DEVICE_ABSENT,
     STATUS_FAILED,
     STATUS_PASSED,
     DeviceAbsent,
-    _first_line,
-    _rss_now_mb,
+    current_rss_mb,
     failed_row,
     peak_rss_mb,
 )
@@ -39,7 +38,7 @@ def time_torch(
     model: str, threads: int = 2, runs: int = 100, warmup: int = 10, device: str = "cpu", trust: bool = False
 ) -> dict[str, Any]:
     """One fan-bench row for PyTorch eager fp32 (accuracy and speed-up left null)."""
-    base = _rss_now_mb()
+    base = current_rss_mb()
     import torch
 
     from ..export.exporter import resolve_model
@@ -105,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # reported as the row's one-line reason, never a traceback
         row, code = (
             failed_row(
-                args.model, f"{type(exc).__name__}: {_first_line(exc)}", target="torch", precision="fp32", device=args.device
+                args.model, first_line(exc, with_type=True), target="torch", precision="fp32", device=args.device
             ),
             1,
         )

@@ -14,15 +14,20 @@ from typing import Any
 
 from ..atomic import write_text_atomic
 from ..errors import ConfigError
-from ..models import count_macs, count_parameters, create_model, read_checkpoint, save_checkpoint
-from ..models.registry import WEIGHTS_PACKAGE, _NAME
-from .evaluate import evaluate_model
-from ..runtime.cpu import cpu_name
-from .latency import torch_latency
+from ..models.complexity import entry_complexity
+from ..models.registry import ARCHITECTURE_NAME, WEIGHTS_PACKAGE
+
+# Torch (the model, the evaluation, the timing) is imported by the functions that measure: ``fan-edge models`` reads
+# cards and counts in closed form, and starts without it.
 
 
 def measure_card(checkpoint: str | Path, data: str | Path, threads: int = 2) -> dict[str, Any]:
     """Parameters, MACs, accuracy on ``data`` and CPU latency of a checkpoint."""
+    from ..models import count_macs, count_parameters, create_model
+    from ..runtime.cpu import cpu_name
+    from .evaluate import evaluate_model
+    from .latency import torch_latency
+
     model = create_model(checkpoint)
     evaluation = evaluate_model(model, data)
     latency = torch_latency(model, model.config.input_size, threads=threads)
@@ -53,8 +58,10 @@ def bundle(
     recipe: str = "",
 ) -> Path:
     """Copy ``checkpoint`` into the package (or ``folder``) as zoo model ``name`` with a freshly measured card."""
-    if _NAME.fullmatch(name) or name == "default":
+    if ARCHITECTURE_NAME.fullmatch(name) or name == "default":
         raise ConfigError(f"zoo name {name!r} would shadow a registry variant; pick another (e.g. add a suffix)")
+    from ..models import create_model, read_checkpoint, save_checkpoint
+
     source = read_checkpoint(checkpoint)
     measured = measure_card(checkpoint, data)
     folder = Path(folder) if folder is not None else Path(str(resources.files(WEIGHTS_PACKAGE)))
@@ -76,13 +83,14 @@ def bundle(
 
 
 def zoo_rows() -> list[dict[str, Any]]:
-    """One row per registry entry: architecture counted live, figures from its card (if trained)."""
-    from ..models import get_entry, list_models
+    """One row per registry entry: parameters and MACs from its card, or in closed form from its config
+    (:func:`fan_edge.models.complexity.entry_complexity`, no forward pass, no torch); figures from its card (if trained)."""
+    from ..models.registry import get_entry, list_models
 
     rows = []
     for name in list_models():
         entry = get_entry(name)
-        model = create_model(entry.config, weights=False)
+        parameters, macs = entry_complexity(entry)
         figures = entry.card().get("figures", {})
         rows.append(
             {
@@ -90,8 +98,8 @@ def zoo_rows() -> list[dict[str, Any]]:
                 "stacks": entry.config.stacks,
                 "width": entry.config.layout.trunk,  # a channel-pruned model's trunk, not the width it was cut from
                 "input_size": entry.config.input_size,
-                "parameters": count_parameters(model),
-                "macs": count_macs(model, entry.config.input_size),
+                "parameters": parameters,
+                "macs": macs,
                 "trained": entry.trained,
                 "description": entry.description,
                 "figures": figures,

@@ -26,8 +26,6 @@ import numpy as np
 
 from ..runtime.scheme import NUM_LANDMARKS
 
-POSE_FEATURES = ("roll", "yaw", "pitch")
-LIGHT_FEATURES = ("brightness", "contrast", "side_light")
 # 68-point scheme indices (0-based): eye contours, jaw ends, chin, nose tip.
 _RIGHT_EYE = slice(36, 42)
 _LEFT_EYE = slice(42, 48)

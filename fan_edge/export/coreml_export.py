@@ -29,19 +29,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..runtime.contract import METADATA_KEY, OUTPUT_ROLES, ModelContract
 from .descriptions import describe
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME, INPUT_NAME
-from .tflite_export import _first_line, _silenced
+from .quiet import silenced_native_output
 
 MAX_BATCH = 64  # the flexible batch axis's upper bound (an ML program needs one)
 DEPLOYMENT_TARGET = "iOS16"  # ML programs with int8 weights (constexpr_affine_dequantize) need iOS 16 / macOS 13
 
 
 def _ct():
-    with _silenced():  # its import warns about untested torch and scikit-learn versions
+    with silenced_native_output():  # its import warns about untested torch and scikit-learn versions
         import coremltools as ct
 
     return ct
@@ -55,7 +55,7 @@ def _convert(module: Any, example: Any, input_name: str, output_names: list[str]
     ct = _ct()
     shape = ct.Shape((ct.RangeDim(lower_bound=1, upper_bound=MAX_BATCH, default=1), *example.shape[1:]))
     try:
-        with _silenced(), torch.no_grad():
+        with silenced_native_output(), torch.no_grad():
             traced = torch.jit.trace(module.eval(), example)
             return ct.convert(
                 traced,
@@ -66,7 +66,7 @@ def _convert(module: Any, example: Any, input_name: str, output_names: list[str]
                 minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
             )
     except Exception as exc:
-        raise ExportError(f"coremltools could not convert the model: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ExportError(f"coremltools could not convert the model: {first_line(exc, with_type=True)}") from exc
 
 
 def quantize_weights_int8(model):
@@ -76,7 +76,7 @@ def quantize_weights_int8(model):
     config = cto.OptimizationConfig(
         op_type_configs={"conv": cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")}
     )
-    with _silenced():
+    with silenced_native_output():
         return cto.linear_quantize_weights(model, config=config)
 
 
@@ -97,7 +97,7 @@ def build_coreml(job: ExportJob):
         head = LandmarkHead(cfg.input_size, cfg.heatmap_size, cfg.refine)
         hm = torch.rand(1, cfg.num_landmarks, cfg.heatmap_size, cfg.heatmap_size, generator=torch.Generator().manual_seed(0))
         head_model = _convert(head, hm, HEATMAPS_NAME, list(job.contract.output_names), fp16=False)
-        with _silenced():
+        with silenced_native_output():
             model = _ct().utils.make_pipeline(model, head_model)
     extra = dict(job.contract.extra)
     extra["max_batch"] = MAX_BATCH
@@ -119,10 +119,10 @@ def check_spec(path: str | Path, contract: ModelContract) -> None:
     """Load the package's spec back (no Core ML runtime needed) and check it against ``contract``."""
     ct = _ct()
     try:
-        with _silenced():
+        with silenced_native_output():
             spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     except Exception as exc:
-        raise ExportError(f"{path}: coremltools cannot read the package back ({_first_line(exc)})") from exc
+        raise ExportError(f"{path}: coremltools cannot read the package back ({first_line(exc)})") from exc
     desc = spec.description
     inputs, outputs = [i.name for i in desc.input], [o.name for o in desc.output]
     if inputs != [contract.input_name] or outputs != list(contract.output_names):
@@ -145,7 +145,7 @@ def export_coreml(job: ExportJob) -> list[Path]:
         raise ExportError(f"a Core ML ML program is an .mlpackage folder, got {job.output.name}")
     model = build_coreml(job)
     staged = job.staging.path(job.output)
-    with _silenced():
+    with silenced_native_output():
         model.save(str(staged))
     check_spec(staged, job.contract)
     return [job.output]
@@ -154,7 +154,7 @@ def export_coreml(job: ExportJob) -> list[Path]:
 def read_contract(path: str | Path) -> ModelContract:
     """The contract inside an ``.mlpackage`` (its user-defined metadata), read with coremltools."""
     ct = _ct()
-    with _silenced():
+    with silenced_native_output():
         model = ct.models.MLModel(str(path), skip_model_load=True)
     text = model.user_defined_metadata.get(METADATA_KEY)
     if text is None:

@@ -165,7 +165,7 @@ RUN_FILE_STEMS = frozenset({"final", "best", "last", "pruned", "model", "checkpo
 def resolve_model(model: Any, trust: bool = False, input_size: int | None = None) -> tuple[Any, str, dict[str, Any]]:
     """The FAN to export, a name for files and metadata, and its model card."""
     from ..models import DEFAULT_NAME, FAN, create_model, get_entry
-    from ..models.factory import _looks_like_path
+    from ..models.factory import is_checkpoint_path
 
     if isinstance(model, FAN):
         if input_size is not None and input_size != model.config.input_size:
@@ -175,7 +175,7 @@ def resolve_model(model: Any, trust: bool = False, input_size: int | None = None
         return model.eval(), name, dict(getattr(model, "card", {}) or {})
     text = str(model)
     net = create_model(text, trust=trust, input_size=input_size)
-    if _looks_like_path(text):
+    if is_checkpoint_path(text):
         path = Path(text)
         name = re.sub(r"(\.pth)?\.(tar|pth|pt|safetensors|zip|bin)$", "", path.name) or "model"
         if name in RUN_FILE_STEMS and path.parent.name:

@@ -91,16 +91,3 @@ class LandmarkHead(nn.Module):
         y = (py.float() + dy) * self.stride + offset
         # (N, K, 1, 1) -> (N, K, 1) by a reduction over the size-1 axis (exact), then (N, K, 2) and (N, K).
         return torch.cat([x.sum(dim=-1), y.sum(dim=-1)], dim=-1), centre.sum(dim=(2, 3))
-
-
-class FANWithLandmarks(nn.Module):
-    """A FAN followed by its decoding head (for PyTorch use and checks; the exporter merges graphs instead)."""
-
-    def __init__(self, fan: nn.Module) -> None:
-        super().__init__()
-        self.fan = fan
-        cfg = fan.config
-        self.head = LandmarkHead(cfg.input_size, cfg.heatmap_size, cfg.refine)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.fan(x))

@@ -25,12 +25,8 @@ same graphs):
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,25 +37,10 @@ from .descriptions import describe, numeric_version
 from .int8 import float_layers, is_float_conv_weight
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME, INPUT_NAME
+from .quiet import quiet_exporters
 
 OPSET = 18  # >= 17 as the issue asks; 18 is what torch's dynamo exporter targets natively
 HEAD_PREFIX = "fan_edge_head/"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' progress prints and warnings (errors still raise)."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "root")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 def torch_to_onnx(module: Any, example: Any, input_name: str, output_names: list[str], dynamic_batch: bool = True):
@@ -70,7 +51,7 @@ def torch_to_onnx(module: Any, example: Any, input_name: str, output_names: list
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with _quiet(), torch.no_grad():
+    with quiet_exporters(), torch.no_grad():
         try:
             program = torch.onnx.export(
                 module,
@@ -138,7 +119,7 @@ def to_fp16(proto):
     from onnxconverter_common import float16
 
     del proto.graph.value_info[:]  # stale float32 annotations (from onnxslim) would contradict the converted types
-    with _quiet():
+    with quiet_exporters():
         return float16.convert_float_to_float16(proto, keep_io_types=True)
 
 
@@ -227,7 +208,7 @@ def to_int8(proto, calibration, workdir: Path, recipe: OnnxInt8Recipe | None = N
     recipe = recipe or OnnxInt8Recipe()
     fp32_path, pre_path, out_path = workdir / "fp32.onnx", workdir / "pre.onnx", workdir / "int8.onnx"
     onnx.save(proto, str(fp32_path))
-    with _quiet():
+    with quiet_exporters():
         quant_pre_process(str(fp32_path), str(pre_path), skip_symbolic_shape=True)
         config = recipe.static_quant_config(onnx.load(str(pre_path)), calibration)
         quantize(str(pre_path), str(out_path), config)

@@ -37,7 +37,8 @@ from ..runtime.contract import RT_INFO_PATH
 from .int8 import float_layers, is_float_conv_weight
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME
-from .onnx_export import _quiet, fp32_backbone, fp32_head
+from .onnx_export import fp32_backbone, fp32_head
+from .quiet import quiet_exporters
 
 
 def _convert(proto, workdir: Path, name: str):
@@ -68,7 +69,7 @@ def quantize_int8(model, calibration, keep_float: tuple[str, ...] | None = None)
         raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
     patterns = float_layers("openvino", keep_float)
     excluded = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Convolution" and _float_conv(op, patterns)]
-    with _quiet():
+    with quiet_exporters():
         nncf.set_log_level(logging.ERROR)
         return nncf.quantize(
             model,

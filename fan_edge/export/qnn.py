@@ -34,7 +34,6 @@ here names the SoC, so none depends on that.
 from __future__ import annotations
 
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from typing import Any
 
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import ExportError, FanEdgeError
-from ..runtime.backends.onnxruntime_backend import QNN_PROVIDER, qnn_ep_devices, register_qnn
+from ..runtime.backends.onnxruntime_backend import QNN_PROVIDER, onnxruntime_error_line, qnn_ep_devices, register_qnn
 from ..runtime.contract import METADATA_KEY, ModelContract, read_sidecar, sidecar_path
 
 # Snapdragon SoC -> QNN soc_model: the name table inside the installed onnxruntime-qnn 2.7.0
@@ -65,8 +64,6 @@ SOCS: dict[str, int] = {
 }
 
 _TRACE_OPTIONS = ("enable_framework_op_trace", "framework_op_trace_dir")
-# onnxruntime's messages embed the C++ source location ("/onnxruntime_src/...cc:256 Foo::Bar(...) text").
-_SOURCE = re.compile(r"[\w./-]+\.(?:cc|cpp|h):\d+ (?:[\w:~<>]+\([^)]*\)(?: const)? )?")
 
 
 def resolve_soc(soc: str | int) -> tuple[str, int]:
@@ -155,11 +152,6 @@ class OffloadReport:
         }
 
 
-def _first_line(exc: BaseException) -> str:
-    text = _SOURCE.sub("", str(exc)).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _require_qnn() -> None:
     if not qnn_available():
         raise ExportError("the Qualcomm NPU needs onnxruntime-qnn 2.x (an onnxruntime plugin): pip install onnxruntime-qnn")
@@ -175,7 +167,7 @@ def _load_graph(onnx_path: str | Path, compiled_ok: bool = False):
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf's DecodeError and friends
-        raise ExportError(f"{path}: not a readable ONNX model ({_first_line(exc)})") from None
+        raise ExportError(f"{path}: not a readable ONNX model ({onnxruntime_error_line(exc)})") from None
     if any(node.op_type == "EPContext" for node in model.graph.node):
         if compiled_ok:
             return model
@@ -236,7 +228,7 @@ def check_offload(onnx_path: str | Path, soc: str | int) -> OffloadReport:
         except FanEdgeError:
             raise
         except Exception as exc:  # onnxruntime's untyped errors
-            error = _first_line(exc)
+            error = onnxruntime_error_line(exc)
         traces = sorted(trace_dir.glob("*.json"))
         if not traces:  # QNN failed before partitioning: its device setup refused the SoC
             why = "does this QNN know that SoC?" if error is None or "fallback to CPU EP" in error else error
@@ -247,7 +239,7 @@ def check_offload(onnx_path: str | Path, soc: str | int) -> OffloadReport:
             refused = trace.get("unsupported_nodes") or []
             nodes, npu_nodes = int(summary["total_onnx_nodes"]), int(summary["supported_nodes"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise ExportError(f"{onnx_path}: QNN's op trace is not what this fan-edge reads ({_first_line(exc)})") from None
+            raise ExportError(f"{onnx_path}: QNN's op trace is not what this fan-edge reads ({onnxruntime_error_line(exc)})") from None
     unsupported = tuple(f"{n.get('op_type', '?')} {n.get('node_name', '?')}" for n in refused)
     reasons = tuple(str(n.get("reason", "")) for n in refused)
     if error and "fallback to CPU EP" in error:
@@ -306,14 +298,14 @@ def compile_context(onnx_path: str | Path, soc: str | int, out_path: str | Path)
         except FanEdgeError:
             raise
         except Exception as exc:  # onnxruntime's untyped errors
-            why = _first_line(exc)
+            why = onnxruntime_error_line(exc)
             if "fallback to CPU EP" in why:
                 why = "not every node runs on the HTP (check_offload lists them)"
             raise ExportError(f"{source}: QNN could not compile it for {name} ({why})") from None
         try:  # loadable, or it does not replace anything
             ort.InferenceSession(str(tmp), _session_options(number))
         except Exception as exc:
-            raise ExportError(f"{out}: the compiled model does not load on the HTP ({_first_line(exc)})") from None
+            raise ExportError(f"{out}: the compiled model does not load on the HTP ({onnxruntime_error_line(exc)})") from None
     side = sidecar_path(out)
     if contract is not None and read_sidecar(source) is not None:
         write_text_atomic(side, contract.to_json(indent=2))
@@ -356,7 +348,7 @@ def npu_session(onnx_path: str | Path, soc: str | int, threads: int | None = Non
     except FanEdgeError:
         raise
     except Exception as exc:
-        why = _first_line(exc)
+        why = onnxruntime_error_line(exc)
         if "fallback to CPU EP" in why:
             why = "not every node runs on the HTP (check_offload lists them)"
         raise ExportError(f"{onnx_path}: no session on QNN's HTP for {name} ({why})") from None

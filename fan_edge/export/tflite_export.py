@@ -53,23 +53,20 @@ Pipeline (each step a function over flatbuffer bytes):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..runtime.contract import METADATA_KEY
 from .int8 import float_layers, matches, tflite_scope
 from .job import ExportJob
 from .descriptions import CONTRACT_FILE
 from .metadata import HEATMAPS_NAME, INPUT_NAME
-from .onnx_export import _quiet
+from .quiet import silenced_native_output
 
 SIGNATURE = "serving_default"
 STATIC_BATCH = 1  # every tensor of every exported graph (see fp32_backbone)
@@ -114,40 +111,6 @@ def int8_recipe(float_output: bool = False, keep_float: tuple[str, ...] = ()) ->
     return recipe
 
 
-# ---- quiet native tools ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _silenced():
-    """litert-torch, the MLIR converter and the quantizer print progress and absl logs from native code: send
-    file descriptors 1 and 2 to a scratch file while they run (Python errors still raise normally).
-    ``FAN_EDGE_EXPORT_VERBOSE=1`` leaves them alone."""
-    if os.environ.get("FAN_EDGE_EXPORT_VERBOSE") == "1":  # debugging a converter: let it speak
-        yield
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = []
-    try:
-        with tempfile.TemporaryFile() as sink, _quiet():
-            for fd in (1, 2):
-                saved.append((fd, os.dup(fd)))
-                os.dup2(sink.fileno(), fd)
-            try:
-                yield
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                for fd, copy in saved:
-                    os.dup2(copy, fd)
-                    os.close(copy)
-                saved.clear()
-    finally:
-        for fd, copy in saved:  # only if the redirect itself failed half-way
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
 # ---- conversion ------------------------------------------------------------------------------------
 
 
@@ -187,22 +150,17 @@ def torch_to_tflite(module: Any, example: Any, input_name: str, dynamic_batch: b
     """Convert ``module(**{input_name: example})`` (with a dynamic batch axis unless told not to); the flatbuffer bytes."""
     import torch
 
-    with _silenced():  # its import logs (absl, torchao's optional CUDA kernels, pytree notices)
+    with silenced_native_output():  # its import logs (absl, torchao's optional CUDA kernels, pytree notices)
         import litert_torch
 
     dynamic = {input_name: {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}} if dynamic_batch else None
     os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
     try:
-        with _silenced(), torch.no_grad():
+        with silenced_native_output(), torch.no_grad():
             model = litert_torch.convert(module.eval(), sample_kwargs={input_name: example}, dynamic_shapes=dynamic)
             return bytes(model.model_content())
     except Exception as exc:
-        raise ExportError(f"litert-torch could not convert the model: {type(exc).__name__}: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else "")[:300]
+        raise ExportError(f"litert-torch could not convert the model: {first_line(exc, with_type=True)}") from exc
 
 
 def fp32_backbone(job: ExportJob) -> bytes:
@@ -242,7 +200,7 @@ def fp32_head(job: ExportJob) -> bytes:
 
 
 def _quantizer(model: bytes, recipe: list[dict[str, Any]]):
-    with _silenced():
+    with silenced_native_output():
         from ai_edge_quantizer import quantizer
 
     return quantizer.Quantizer(bytearray(model), recipe)
@@ -251,7 +209,7 @@ def _quantizer(model: bytes, recipe: list[dict[str, Any]]):
 def to_fp16(model: bytes) -> bytes:
     """Convolution weights to float16 (dequantized at load; compute and I/O stay float32)."""
     q = _quantizer(model, FP16_RECIPE)
-    with _silenced():
+    with silenced_native_output():
         return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
@@ -262,7 +220,7 @@ def to_int8(model: bytes, calibration, float_output: bool = False, keep_float: t
         raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
     q = _quantizer(model, int8_recipe(float_output, _float_modules(model, float_layers("tflite", keep_float))))
     data = calibration.litert_calibration(INPUT_NAME, "NHWC", SIGNATURE)
-    with _silenced():
+    with silenced_native_output():
         ranges = floor_degenerate_ranges(q.calibrate(data, num_threads=max(1, min(4, os.cpu_count() or 1))))
         quantized = bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
     return widen_degenerate_add_scales(quantized)
@@ -499,7 +457,7 @@ def _check_loads(data: bytes, contract) -> None:
         interpreter = Interpreter(model_content=data, num_threads=1)
         runner = interpreter.get_signature_runner(SIGNATURE)
     except Exception as exc:  # the interpreter raises ValueError / RuntimeError with native text
-        raise ExportError(f"the exported TFLite model does not load: {_first_line(exc)}") from exc
+        raise ExportError(f"the exported TFLite model does not load: {first_line(exc)}") from exc
     inputs, outputs = list(runner.get_input_details()), set(runner.get_output_details())
     if inputs != [contract.input_name] or outputs != set(contract.output_names):
         raise ExportError(f"the exported TFLite signature has inputs {inputs} and outputs {sorted(outputs)}, not the contract's")

@@ -48,7 +48,8 @@ CONFIG_METADATA_KEY = "fan_edge_config"
 # MAX_PARAMETERS (fan_edge.limits, re-exported here): a file implying more (e.g. a tiny file whose tensors are
 # zero-stride views with huge shapes) is refused before a network of that size is allocated.
 MAX_CARD_BYTES = 1 << 20
-_STACK_KEY = re.compile(r"^(m|top_m_|conv_last|bn_end|l|bl|al)(\d+)\.")
+# A state-dict key of one stack's module ("m0.", "top_m_1.", "l3."...): group 1 the module, group 2 the stack.
+STACK_KEY = re.compile(r"^(m|top_m_|conv_last|bn_end|l|bl|al)(\d+)\.")
 
 
 @dataclass
@@ -318,7 +319,7 @@ def check_fits(config: FANConfig, state_dict: Mapping[str, torch.Tensor], source
 def infer_config(state_dict: dict[str, torch.Tensor], input_size: int = 256) -> FANConfig:
     """The architecture a state dict was saved from (input size is not in the weights)."""
     try:
-        stacks = 1 + max(int(m[2]) for k in state_dict if (m := _STACK_KEY.match(k)) and m[1] == "m")
+        stacks = 1 + max(int(m[2]) for k in state_dict if (m := STACK_KEY.match(k)) and m[1] == "m")
         width = int(state_dict["conv_last0.weight"].shape[0])
         landmarks = int(state_dict["l0.weight"].shape[0])
         depth = max(int(k.split(".")[1][3:]) for k in state_dict if k.startswith("m0.b1_"))
@@ -336,7 +337,7 @@ def _truncate(state_dict: dict[str, torch.Tensor], stacks: int) -> dict[str, tor
     """Drop the stacks a smaller model does not have, and the last kept stack's links onward."""
     kept = {}
     for key, value in state_dict.items():
-        m = _STACK_KEY.match(key)
+        m = STACK_KEY.match(key)
         if m:
             i = int(m[2])
             if i >= stacks or (m[1] in ("bl", "al") and i >= stacks - 1):

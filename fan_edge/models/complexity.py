@@ -1,14 +1,93 @@
-"""Parameters and MACs, counted on the real graph rather than by formula."""
+"""Parameters and MACs: counted on the real graph, and in closed form from a config.
+
+:func:`count_parameters` and :func:`count_macs` count a built module (torch's
+``FlopCounterMode`` on a forward pass). :func:`config_parameters` and
+:func:`config_macs` give the same numbers for a plain FAN from its config's
+channel layout alone, without torch: what ``fan-edge models`` and
+``fan-edge info`` print (a forward pass per registry entry took most of a
+minute). ``tests/test_models.py`` checks the two against each other for every
+registry entry, pruned layouts and early exits included.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .config import FANConfig
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def config_parameters(config: FANConfig) -> int:
+    """Trainable parameters of ``FAN(config)`` (weights, biases, BatchNorm affines; not the running statistics)."""
+    layout = config.layout
+    k, w = config.num_landmarks, layout.trunk
+    total = 3 * layout.stem_conv * 49 + layout.stem_conv + 2 * layout.stem_conv  # conv1 (with bias), bn1
+    for block in layout.blocks.values():
+        a, b, c = block.split
+        total += 2 * block.in_channels + 9 * (block.in_channels * a + a * b + b * c) + 2 * a + 2 * b
+        if block.downsample:
+            total += 2 * block.in_channels + block.in_channels * block.out_channels
+    for i, f in enumerate(layout.conv_last):
+        total += w * f + f + 2 * f + f * k + k  # conv_last, bn_end, l
+        if i < config.stacks - 1:
+            total += f * w + w + k * w + w  # bl, al
+    return total
+
+
+def config_macs(config: FANConfig, input_size: int | None = None, exit_stack: int | None = None) -> int:
+    """Multiply-accumulates of one eval-mode forward pass of ``FAN(config)`` at batch 1, as :func:`count_macs` counts
+    them (convolutions only), at ``input_size`` (default the config's) with an early exit after ``exit_stack`` stacks
+    (default all)."""
+    layout = config.layout
+    blocks = layout.blocks
+    k, w = config.num_landmarks, layout.trunk
+    stacks = config.stacks if exit_stack is None else exit_stack
+    size = config.input_size if input_size is None else input_size
+
+    def block(name: str, r: int) -> int:
+        b = blocks[name]
+        a, bb, c = b.split
+        macs = 9 * (b.in_channels * a + a * bb + bb * c)
+        if b.downsample:
+            macs += b.in_channels * b.out_channels
+        return macs * r * r
+
+    def hourglass(prefix: str, level: int, r: int) -> int:
+        half = r // 2
+        macs = block(f"{prefix}b1_{level}", r) + block(f"{prefix}b2_{level}", half)
+        if level > 1:
+            macs += hourglass(prefix, level - 1, half)
+        else:
+            macs += block(f"{prefix}b2_plus_{level}", half)
+        return macs + block(f"{prefix}b3_{level}", half)
+
+    r = (size - 1) // 2 + 1  # conv1: 7x7, stride 2, padding 3
+    total = 3 * 49 * layout.stem_conv * r * r + block("conv2", r)
+    r //= 2  # average pool
+    total += block("conv3", r) + block("conv4", r)
+    for i in range(stacks):
+        f = layout.conv_last[i]
+        total += hourglass(f"m{i}.", config.hourglass_depth, r) + block(f"top_m_{i}", r)
+        total += (w * f + f * k) * r * r  # conv_last, l
+        if i < stacks - 1:
+            total += (f * w + k * w) * r * r  # bl, al
+    return total
+
+
+def entry_complexity(entry: Any) -> tuple[int, int]:
+    """Parameters and MACs of a registry entry: its model card's counts (measured when it was bundled) where it
+    has them, else the closed form of its config. Torch-free."""
+    card = entry.card()
+    params, macs = card.get("parameters"), card.get("macs")
+    if isinstance(params, int) and isinstance(macs, int):
+        return params, macs
+    return config_parameters(entry.config), config_macs(entry.config)
 
 
 def count_macs(model: nn.Module, input_size: int, channels: int = 3) -> int:
@@ -21,6 +100,9 @@ def count_macs(model: nn.Module, input_size: int, channels: int = 3) -> int:
     without memory or arithmetic (a 4-stack FAN at 1024x1024 took 1 GB and
     48 s counted for real); any other module runs for real.
     """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     from .fan import FAN
 
     device = "cpu"

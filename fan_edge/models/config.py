@@ -16,7 +16,6 @@ from ..limits import MAX_HOURGLASS_DEPTH, MAX_INPUT_SIZE, MAX_LANDMARKS, MAX_PAR
 from ..runtime.crop import CropSpec
 from .channels import ChannelLayout, channels_of_stacks, normalise_channels, resolve_layout
 
-SUPPORTED_INPUT_SIZES = (256, 192, 128)
 RELEASED_WIDTH = 256
 RELEASED_STEM = (64, 128, 128, 256)
 

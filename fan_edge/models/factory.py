@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import ConfigError
-from .checkpoints import infer_config, load_weights, read_checkpoint
 from .config import FANConfig
-from .fan import FAN
 from .registry import get_entry
 
+if TYPE_CHECKING:
+    from .fan import FAN
 
-def _looks_like_path(name: str) -> bool:
+# The network and the checkpoint readers (torch) are imported by create_model: is_checkpoint_path and
+# trained_weights_file serve torch-free commands (fan-edge info NAME, fan-edge eval ARTIFACT).
+
+
+def is_checkpoint_path(name: str) -> bool:
+    """Whether a model argument names a checkpoint file (by its suffix, or an existing file), not a registry name."""
     return Path(name).suffix in {".safetensors", ".pth", ".tar", ".pt", ".zip", ".bin"} or Path(name).is_file()
 
 
@@ -24,7 +29,7 @@ def trained_weights_file(name: str) -> Path:
     would fail silently, so it is refused. A path is returned unchecked; its
     reader reports a missing or unreadable file.
     """
-    if _looks_like_path(name):
+    if is_checkpoint_path(name):
         return Path(name)
     try:
         entry = get_entry(name)
@@ -51,11 +56,14 @@ def create_model(
     count truncates it: every stack is supervised, so this is an early exit.
     ``input_size`` overrides the resolution (the weights are resolution-free).
     """
+    from .checkpoints import infer_config, load_weights, read_checkpoint
+    from .fan import FAN
+
     checkpoint = None
     if isinstance(name_or_config, FANConfig):
         config = name_or_config
         bundled = None
-    elif isinstance(name_or_config, Path) or _looks_like_path(str(name_or_config)):
+    elif isinstance(name_or_config, Path) or is_checkpoint_path(str(name_or_config)):
         checkpoint = read_checkpoint(name_or_config, trust=trust)
         config = checkpoint.config or infer_config(checkpoint.state_dict)
         bundled = None

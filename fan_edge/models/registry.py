@@ -19,7 +19,8 @@ from ..errors import ConfigError
 from .config import FANConfig
 
 WEIGHTS_PACKAGE = "fan_edge.models.weights"
-_NAME = re.compile(r"^fan(?P<stacks>\d)(?:-w(?P<width>\d+))?(?:-i(?P<input>\d+))?$")
+# A registry architecture name, fan{stacks}[-w{width}][-i{input}] (fan4, fan2-w128, fan1-w64-i128).
+ARCHITECTURE_NAME = re.compile(r"^fan(?P<stacks>\d)(?:-w(?P<width>\d+))?(?:-i(?P<input>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class ModelEntry:
 
 def config_from_name(name: str) -> FANConfig:
     """Parse ``fan{stacks}[-w{width}][-i{input}]`` into a config."""
-    match = _NAME.fullmatch(name)
+    match = ARCHITECTURE_NAME.fullmatch(name)
     if not match:
         raise ConfigError(f"unknown model name {name!r}; expected e.g. fan4, fan2-w128, fan1-w64-i128, or one of: {', '.join(list_models())}")
     return FANConfig(

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, write_text_atomic
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, first_line
 from ..export.int8 import matches
 from ..models import FAN, FANConfig, create_model, read_checkpoint, save_checkpoint
 from ..models.checkpoints import load_optimizer_state, read_training_state
@@ -207,12 +207,7 @@ def _rebuild(model: FAN, config: dict[str, Any], source: str = "QAT checkpoint")
     try:
         return nncf.torch.load_from_config(model, config, allowed_modules=(QUANTIZER_MODULE,))
     except Exception as exc:  # NNCF's own errors: a hook name the model does not have, a field it refuses
-        raise CheckpointError(f"{source}: NNCF cannot rebuild its quantizers ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {(text.splitlines()[0] if text else '')[:200]}"
+        raise CheckpointError(f"{source}: NNCF cannot rebuild its quantizers ({first_line(exc, 200, with_type=True)})") from None
 
 
 def _json_config(text: Any, source: str) -> Any:
@@ -221,7 +216,7 @@ def _json_config(text: Any, source: str) -> Any:
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{source}: its NNCF config is not valid JSON ({_first_line(exc)})") from None
+        raise CheckpointError(f"{source}: its NNCF config is not valid JSON ({first_line(exc, 200, with_type=True)})") from None
 
 
 def float_state(qmodel: nn.Module) -> dict[str, torch.Tensor]:
@@ -273,7 +268,7 @@ def load_qat(checkpoint: Any) -> FAN | None:
             meta = fh.metadata() or {}
             hooks = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception as exc:  # safetensors' own error types: truncated, corrupt, another format
-        raise CheckpointError(f"{quantizers}: not a readable safetensors file ({_first_line(exc)})") from None
+        raise CheckpointError(f"{quantizers}: not a readable safetensors file ({first_line(exc, 200, with_type=True)})") from None
     if CONFIG_KEY not in meta:
         raise CheckpointError(f"{quantizers}: no NNCF config in its metadata (not written by fan-quantize --qat)")
     if not is_state_dict(hooks) or not all(k.startswith(HOOKS_PREFIX) for k in hooks):
@@ -348,7 +343,7 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
         try:
             saved = QATSpec.from_dict(state["spec"])
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise CheckpointError(f"{last}: its run spec is not one of fan-quantize --qat ({_first_line(exc)})") from None
+            raise CheckpointError(f"{last}: its run spec is not one of fan-quantize --qat ({first_line(exc, 200, with_type=True)})") from None
         saved.train.epochs = max(ts.epochs, saved.train.epochs)
         for name in ("workers", "max_minutes", "max_batches", "checkpoint_minutes"):
             setattr(saved.train, name, getattr(ts, name))
@@ -376,7 +371,7 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as exc:
-            raise CheckpointError(f"{last}: its weights do not fit its quantized model ({_first_line(exc)})") from None
+            raise CheckpointError(f"{last}: its weights do not fit its quantized model ({first_line(exc, 200, with_type=True)})") from None
         base_figures, init_figures = state["base_figures"], state["init_figures"]
 
     dataset = build_datasets(ts, model, require_points=True, teacher_size=None if teacher is None else teacher.config.input_size)

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, FanEdgeError
-from ..limits import MAX_THREADS, threads_arg
+from ..errors import BackendError, FanEdgeError, first_line
+from ..limits import MAX_THREADS, non_negative_int, positive_int, threads_arg
 
 # Row keys shared with fan-bench (fan_edge.bench.report); extra keys say how the row was measured.
 ROW_KEYS = (
@@ -74,7 +74,7 @@ DEVICE_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _rss_now_mb() -> float | None:
+def current_rss_mb() -> float | None:
     """Current resident set size (Linux /proc; None elsewhere)."""
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -148,11 +148,6 @@ class DeviceAbsent(BackendError):
     """The requested device is not present for this backend here."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def time_artifact(
     path: str | Path,
     backend: str = "auto",
@@ -174,7 +169,7 @@ def time_artifact(
         raise BackendError(f"warmup must be a non-negative integer, got {warmup!r}")
     from .backends import choose_backend
 
-    base = _rss_now_mb()
+    base = current_rss_mb()
     p = Path(path)
     if not p.is_file():
         raise BackendError(f"{p}: no such file")
@@ -239,20 +234,6 @@ def failed_row(path: str | Path, reason: str, status: str = STATUS_FAILED, **kno
     return row
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fan_edge.runtime.bench",
@@ -263,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto or cpu (gpu / npu: reported as device absent where not wired up)")
     parser.add_argument("--threads", type=threads_arg, default=None,
                         help=f"intra-op threads (1..{MAX_THREADS}; default: the backend's own)")
-    parser.add_argument("--runs", type=_positive, default=100, help="timed runs (default 100)")
-    parser.add_argument("--warmup", type=_non_negative, default=10, help="untimed runs first (default 10)")
+    parser.add_argument("--runs", type=positive_int, default=100, help="timed runs (default 100)")
+    parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed runs first (default 10)")
     parser.add_argument("--json", action="store_true", help="print the row as one JSON object")
     return parser
 
@@ -294,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FanEdgeError as exc:
         row, code = failed_row(args.artifact, str(exc), device=args.device), 1
     except Exception as exc:  # a backend crashing on one artifact is that row's failure, reported in one line
-        row, code = failed_row(args.artifact, f"{type(exc).__name__}: {_first_line(exc)}", device=args.device), 1
+        row, code = failed_row(args.artifact, first_line(exc, with_type=True), device=args.device), 1
     print(json.dumps(row) if args.json else _format(row), file=sys.stdout if code == 0 or args.json else sys.stderr)
     return code
 

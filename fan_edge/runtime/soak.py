@@ -61,9 +61,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, FanEdgeError
-from ..limits import MAX_THREADS, check_int, threads_arg
-from .bench import _first_line, _non_negative, _positive, _rss_now_mb, artifact_size_mb, peak_rss_mb
+from ..errors import DataError, FanEdgeError, first_line
+from ..limits import MAX_THREADS, check_int, non_negative_int, positive_int, threads_arg
+from .bench import artifact_size_mb, current_rss_mb, peak_rss_mb
 
 DEFAULT_THREADS = 8
 DEFAULT_CALLS = 10_000
@@ -198,7 +198,7 @@ class _Load:
             got = self.predict(item.image, item.boxes)
             got = (np.asarray(got[0]), np.asarray(got[1]))
         except Exception as exc:  # counted, and the soak goes on: one failure must not hide the next
-            self.tally.record(error=f"call {i} ({item.name}): {type(exc).__name__}: {_first_line(exc)}")
+            self.tally.record(error=f"call {i} ({item.name}): {first_line(exc, with_type=True)}")
             return
         if identical(got, want):
             self.tally.record()
@@ -222,7 +222,7 @@ class _Load:
 def _rss_mb() -> float | None:
     """Resident set size now, after collecting garbage so that only live memory counts."""
     gc.collect()
-    return _rss_now_mb()
+    return current_rss_mb()
 
 
 def _engine_objects(session: Any) -> int:
@@ -241,7 +241,7 @@ def _wait(load: _Load, until: Callable[[], bool], log: Callable[[str], None] | N
             last = now
             t = load.tally
             rate = t.done / max(now - started, 1e-9)
-            rss = _rss_now_mb()
+            rss = current_rss_mb()
             log(
                 f"soak: {t.done}/{load.calls} calls, {rate:.1f} calls/s, RSS {rss or 0:.0f} MB, "
                 f"{t.mismatches} mismatches, {t.errors} errors"
@@ -409,12 +409,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("artifact", help=".onnx, .xml (OpenVINO IR) or .tflite exported by fan-export")
     parser.add_argument("--threads", type=threads_arg, default=DEFAULT_THREADS,
                         help=f"caller threads sharing the session (1..{MAX_THREADS}; default {DEFAULT_THREADS})")
-    parser.add_argument("--calls", type=_positive, default=DEFAULT_CALLS,
+    parser.add_argument("--calls", type=positive_int, default=DEFAULT_CALLS,
                         help=f"predictions in all (default {DEFAULT_CALLS}); at least 2")
-    parser.add_argument("--warmup", type=_non_negative, help="calls before memory is first read (default: a tenth of --calls)")
+    parser.add_argument("--warmup", type=non_negative_int, help="calls before memory is first read (default: a tenth of --calls)")
     parser.add_argument("--faces", metavar="DIR",
                         help="images with .pts (boxes from their landmarks); default: synthetic noise inputs")
-    parser.add_argument("--inputs", type=_positive, default=DEFAULT_INPUTS,
+    parser.add_argument("--inputs", type=positive_int, default=DEFAULT_INPUTS,
                         help=f"distinct inputs, spread over --faces (default {DEFAULT_INPUTS})")
     parser.add_argument("--backend", default="auto", help="auto (by suffix), onnxruntime, openvino or litert")
     parser.add_argument("--device", default="auto", help="auto, cpu, gpu, npu, or a backend's own name")

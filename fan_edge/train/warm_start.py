@@ -13,13 +13,13 @@ from __future__ import annotations
 import torch
 
 from ..errors import CheckpointError
-from ..models.checkpoints import _STACK_KEY, load_weights, read_checkpoint
+from ..models.checkpoints import STACK_KEY, load_weights, read_checkpoint
 from ..models.factory import trained_weights_file
 from ..models.fan import FAN
 
 
 def _stack_count(state_dict: dict[str, torch.Tensor]) -> int:
-    hourglasses = {int(m[2]) for k in state_dict if (m := _STACK_KEY.match(k)) and m[1] == "m"}
+    hourglasses = {int(m[2]) for k in state_dict if (m := STACK_KEY.match(k)) and m[1] == "m"}
     if not hourglasses:
         raise CheckpointError("the checkpoint has no hourglass stacks (m0.*)")
     return max(hourglasses) + 1
@@ -35,7 +35,7 @@ def grow_stacks(state_dict: dict[str, torch.Tensor], stacks: int) -> dict[str, t
         raise CheckpointError("growing needs a checkpoint with at least 2 stacks (a 1-stack one has no inter-stack links)")
     grown = dict(state_dict)
     for key, value in state_dict.items():
-        m = _STACK_KEY.match(key)
+        m = STACK_KEY.match(key)
         if not m:
             continue
         kind, index = m[1], int(m[2])

@@ -33,7 +33,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
-from ...errors import BackendError, FanEdgeError
+from ...errors import BackendError, FanEdgeError, first_line
 from ...limits import MAX_THREADS, check_int
 
 
@@ -209,12 +209,7 @@ def load_backend(
     except FanEdgeError:
         raise
     except Exception as exc:  # a native library's error that its backend did not foresee: the file is not loadable
-        raise BackendError(f"{p}: the {name} backend cannot load it ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {(text.splitlines()[0] if text else '')[:200]}"
+        raise BackendError(f"{p}: the {name} backend cannot load it ({first_line(exc, 200, with_type=True)})") from None
 
 
 __all__ = [

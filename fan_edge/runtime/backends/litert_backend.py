@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendError
+from ...errors import BackendError, first_line
 from . import Backend, TensorInfo, check_tensor_bytes, device_error
 from .pool import InstancePool
 
@@ -139,12 +139,7 @@ def check_kernel_parameters(path: Path) -> None:
     except BackendError:
         raise
     except Exception as exc:
-        raise BackendError(f"{path}: cannot read its operators ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+        raise BackendError(f"{path}: cannot read its operators ({first_line(exc, 200)})") from None
 
 
 def _quant(details: dict) -> tuple[float, int] | None:
@@ -203,7 +198,7 @@ class LiteRTBackend(Backend):
             self._outputs = runner.get_output_details()
             tensors = interpreter.get_tensor_details()
         except Exception as exc:  # names in a hostile file may not even be UTF-8
-            raise BackendError(f"{self.path}: LiteRT cannot describe its inputs and outputs ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: LiteRT cannot describe its inputs and outputs ({first_line(exc, 200)})") from None
         for d in tensors:  # the interpreter allocates every tensor on the first run, whatever its declared size
             check_tensor_bytes(self.path, d["name"], tuple(int(s) for s in d["shape"]), np.dtype(d["dtype"]).itemsize)
         check_kernel_parameters(self.path)
@@ -246,7 +241,7 @@ class LiteRTBackend(Backend):
         except BackendError:
             raise
         except Exception as exc:  # the interpreter raises ValueError / RuntimeError with native text
-            raise BackendError(f"{self.path}: LiteRT cannot load it ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: LiteRT cannot load it ({first_line(exc, 200)})") from None
 
     @classmethod
     def devices(cls) -> list[str]:
@@ -286,7 +281,7 @@ class LiteRTBackend(Backend):
             try:
                 results = runner(**{name: x})
             except Exception as exc:
-                raise BackendError(f"{self.path}: LiteRT failed to run a batch of shape {x.shape} ({_first_line(exc)})") from None
+                raise BackendError(f"{self.path}: LiteRT failed to run a batch of shape {x.shape} ({first_line(exc, 200)})") from None
             # Copies: the runner's outputs and tensors belong to the interpreter, which the next call reuses.
             out = {k: _dequantize(np.array(v, copy=True), _quant(self._outputs[k])) for k, v in results.items()}
             for extra, details in self._extra.items():
@@ -316,7 +311,7 @@ class LiteRTBackend(Backend):
                     continue
             return entries
         except Exception as exc:
-            raise BackendError(f"{self.path}: cannot read its metadata ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: cannot read its metadata ({first_line(exc, 200)})") from None
 
     def close(self) -> None:
         self._pool.clear()

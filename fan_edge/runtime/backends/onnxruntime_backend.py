@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendError, FanEdgeError
+from ...errors import BackendError, FanEdgeError, first_line
 from ..cache import cache_dir
 from ..contract import MAX_JSON_BYTES, METADATA_KEY, ModelContract, read_sidecar
 from . import Backend, TensorInfo, device_error
@@ -301,14 +301,14 @@ def _provider_list(name: str, unit: str | None) -> list[tuple[str, dict[str, str
 _SOURCE = re.compile(r"[\w./-]+\.(?:cc|cpp|h):\d+ (?:[\w:~<>]+\([^)]*\)(?: const)? )?")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = _SOURCE.sub("", str(exc)).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+def onnxruntime_error_line(exc: BaseException) -> str:
+    """An onnxruntime error in one line (at most 300 characters), without its C++ source locations."""
+    return first_line(exc, 300, drop=_SOURCE)
 
 
 def _qnn_reason(exc: BaseException, options: dict[str, str]) -> str:
     """Why QNN did not take the model, in words a user can act on."""
-    text = _first_line(exc)
+    text = onnxruntime_error_line(exc)
     if "fallback to CPU EP has been explicitly disabled" in text:
         text = (
             "QNN does not run every node and CPU fallback is off for it: it needs a fixed batch and ops it supports "
@@ -372,7 +372,7 @@ class OnnxRuntimeBackend(Backend):
             except FanEdgeError:
                 raise
             except Exception as exc:  # onnxruntime raises its own untyped errors
-                why = _qnn_reason(exc, chain[0][1]) if name == "qnn" else _first_line(exc)
+                why = _qnn_reason(exc, chain[0][1]) if name == "qnn" else onnxruntime_error_line(exc)
                 if name == "cpu" or not self._loads_on_cpu(model):
                     raise BackendError(f"{self.path}: onnxruntime cannot load it ({why})") from None
                 reasons.append(f"{name}{' (emulated HTP)' if name == 'qnn' and qnn_emulated() else ''}: {why}")
@@ -392,7 +392,7 @@ class OnnxRuntimeBackend(Backend):
             self._inputs = [TensorInfo(i.name, _dims(i.shape), _TYPES.get(i.type, i.type)) for i in self.session.get_inputs()]
             self._outputs = [TensorInfo(o.name, _dims(o.shape), _TYPES.get(o.type, o.type)) for o in self.session.get_outputs()]
         except Exception as exc:
-            raise BackendError(f"{self.path}: onnxruntime cannot describe its inputs and outputs ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: onnxruntime cannot describe its inputs and outputs ({onnxruntime_error_line(exc)})") from None
 
     def _options(self, name: str):
         options = self._ort.SessionOptions()
@@ -439,7 +439,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             model = onnx.load(str(self.path))
         except Exception as exc:  # protobuf's DecodeError and friends
-            raise BackendError(f"{self.path}: not a readable ONNX model ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: not a readable ONNX model ({onnxruntime_error_line(exc)})") from None
         produced = {o for node in model.graph.node for o in node.output}
         existing = {o.name for o in model.graph.output}
         for name in names:
@@ -470,7 +470,7 @@ class OnnxRuntimeBackend(Backend):
             results = self.session.run(names, {self._inputs[0].name: x})
         except Exception as exc:  # onnxruntime's own untyped errors (a shape the graph refuses, a kernel failing)
             raise BackendError(
-                f"{self.path}: onnxruntime failed to run a batch of shape {x.shape} ({_first_line(exc)})"
+                f"{self.path}: onnxruntime failed to run a batch of shape {x.shape} ({onnxruntime_error_line(exc)})"
             ) from None
         return dict(zip(names, results))
 
@@ -478,7 +478,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             return dict(self.session.get_modelmeta().custom_metadata_map)
         except Exception as exc:  # e.g. metadata that is not UTF-8
-            raise BackendError(f"{self.path}: cannot read its metadata ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: cannot read its metadata ({onnxruntime_error_line(exc)})") from None
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

@@ -27,21 +27,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendError
+from ...errors import BackendError, first_line
 from ..contract import METADATA_KEY, RT_INFO_PATH
 from . import Backend, TensorInfo, check_tensor_bytes, device_error
 from .pool import InstancePool
 
-
-def _first_line(exc: BaseException) -> str:
-    """The informative line of an OpenVINO error: its text starts with lines of source locations
-    ("Exception from src/...cpp:84:", "Check '...' failed at ...:"), which say nothing to a user."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not _LOCATION.match(line)]
-    return ((useful or lines or [type(exc).__name__])[0])[:200]
+# The lines of source locations an OpenVINO error starts with ("Exception from src/...cpp:84:",
+# "Check '...' failed at ...:"), which say nothing to a user.
+_LOCATION = re.compile(r"^[ \t]*(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)[ \t]*$", re.MULTILINE)
 
 
-_LOCATION = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
+def _error_line(exc: BaseException) -> str:
+    """The informative line of an OpenVINO error (at most 200 characters), after its source locations."""
+    return first_line(exc, 200, drop=_LOCATION)
+
+
 # What an IR's .xml may start with (after a UTF-8 byte-order mark and white space): a tag or a declaration.
 _XML_START = re.compile(rb"^(\xef\xbb\xbf)?\s*<")
 
@@ -131,7 +131,7 @@ def _check_sizes(path: Path, model) -> None:
     except BackendError:
         raise
     except Exception as exc:
-        raise BackendError(f"{path}: OpenVINO cannot describe its tensors ({_first_line(exc)})") from None
+        raise BackendError(f"{path}: OpenVINO cannot describe its tensors ({_error_line(exc)})") from None
 
 
 class OpenVINOBackend(Backend):
@@ -154,7 +154,7 @@ class OpenVINOBackend(Backend):
         try:
             self.model = self.core.read_model(str(self.path))
         except Exception as exc:  # OpenVINO raises RuntimeError with multi-line text
-            raise BackendError(f"{self.path}: OpenVINO cannot read it ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: OpenVINO cannot read it ({_error_line(exc)})") from None
         _check_sizes(self.path, self.model)
         for name in self.extra_outputs:
             if name in self._output_names():
@@ -179,7 +179,7 @@ class OpenVINOBackend(Backend):
             self._inputs = [_info(i) for i in self.model.inputs]
             self._outputs = [_info(o) for o in self.model.outputs]
         except Exception as exc:
-            raise BackendError(f"{self.path}: OpenVINO cannot describe its inputs and outputs ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: OpenVINO cannot describe its inputs and outputs ({_error_line(exc)})") from None
         self._requests: InstancePool = InstancePool(self.compiled.create_infer_request)
         self._requests.add(self.compiled.create_infer_request())
 
@@ -193,7 +193,7 @@ class OpenVINOBackend(Backend):
             try:
                 model.reshape({model.inputs[0]: shape})
             except Exception as exc:
-                raise BackendError(f"cannot make its input static for the NPU ({_first_line(exc)})") from None
+                raise BackendError(f"cannot make its input static for the NPU ({_error_line(exc)})") from None
         config: dict[str, object] = {}
         if precision_hint and not is_npu:
             config["INFERENCE_PRECISION_HINT"] = precision_hint
@@ -203,8 +203,8 @@ class OpenVINOBackend(Backend):
             compiled = self.core.compile_model(model, target, config)
         except Exception as exc:
             if is_cpu:
-                raise BackendError(f"{self.path}: OpenVINO cannot compile it ({_first_line(exc)})") from None
-            raise BackendError(_first_line(exc)) from None
+                raise BackendError(f"{self.path}: OpenVINO cannot compile it ({_error_line(exc)})") from None
+            raise BackendError(_error_line(exc)) from None
         self.model = model
         return compiled
 
@@ -231,7 +231,7 @@ class OpenVINOBackend(Backend):
             try:
                 results = request.infer([x])
             except Exception as exc:
-                raise BackendError(f"{self.path}: OpenVINO failed to run a batch of shape {x.shape} ({_first_line(exc)})") from None
+                raise BackendError(f"{self.path}: OpenVINO failed to run a batch of shape {x.shape} ({_error_line(exc)})") from None
             # The values are views of the request's own tensors: copy before the request serves another call.
             return {port.get_any_name(): np.array(value, copy=True) for port, value in results.items()}
 
@@ -241,7 +241,7 @@ class OpenVINOBackend(Backend):
             if self.model.has_rt_info(list(RT_INFO_PATH)):
                 meta[METADATA_KEY] = self.model.get_rt_info(list(RT_INFO_PATH)).astype(str)
         except Exception as exc:  # rt_info of another shape (a map where fan-edge writes a string)
-            raise BackendError(f"{self.path}: cannot read its rt_info ({_first_line(exc)})") from None
+            raise BackendError(f"{self.path}: cannot read its rt_info ({_error_line(exc)})") from None
         return meta
 
     def close(self) -> None:
