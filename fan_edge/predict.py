@@ -10,8 +10,10 @@ that first export only. The cached artifact is not parity-checked (that
 needs faces and time); ``fan-export --verify`` makes checked ones.
 
 Faces come from ``boxes`` when given, else from dlib's HOG detector
-(:mod:`fan_edge.runtime.detect`), whose boxes are refined by one pass of
-re-boxing from the predicted landmarks.
+(:mod:`fan_edge.runtime.detect`), whose detections scoring under
+``min_score`` (:data:`~fan_edge.runtime.detect.MIN_SCORE` by default) are
+left out and whose boxes are refined by one pass of re-boxing from the
+predicted landmarks.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .atomic import atomic_path, check_writable
 from .errors import ConfigError, DataError, OutputError
 from .runtime.cache import cache_dir, cache_hint
 from .runtime.crop import check_boxes
-from .runtime.detect import SCAN_SIZE, DlibHogDetector, Faces, detect_and_predict
+from .runtime.detect import MIN_SCORE, SCAN_SIZE, DlibHogDetector, Faces, check_min_score, detect_and_predict
 from .runtime.image import to_uint8
 from .runtime.session import LandmarkSession
 
@@ -128,6 +130,13 @@ class PhotoResult:
     device: str
     detected: bool
     faces: Faces
+    min_score: float | None = None  # the detector score bound applied (None: boxes given)
+
+    @property
+    def below_min_score(self) -> list[float]:
+        """Scores of the detections left out for scoring under :attr:`min_score`, best first."""
+        below = self.faces.below_min_score
+        return [] if below is None else [float(v) for v in below]
 
     def to_dict(self) -> dict:
         f = self.faces
@@ -137,6 +146,8 @@ class PhotoResult:
             "backend": self.backend,
             "device": self.device,
             "boxes_from": "detector" if self.detected else "given",
+            "min_score": self.min_score,
+            "below_min_score": [round(v, 4) for v in self.below_min_score],
             "faces": [
                 {
                     "box": [round(float(v), 2) for v in f.boxes[i]],
@@ -159,6 +170,7 @@ def predict_photo(
     threads: int | None = None,
     refine_passes: int | None = None,
     scan_size: int | None = None,
+    min_score: float | None = MIN_SCORE,
     trust: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> tuple[PhotoResult, np.ndarray]:
@@ -166,7 +178,9 @@ def predict_photo(
 
     ``refine_passes`` defaults to 1 for detected faces (their boxes only
     approximate the landmark boxes the models are trained on) and 0 for
-    given boxes (taken as the caller's exact boxes). The image stays at its
+    given boxes (taken as the caller's exact boxes). ``min_score``: detected
+    faces scoring under it are left out (None keeps every detection dlib
+    reports, from 0); given boxes are always kept. The image stays at its
     own depth (the session converts each face's window only), so a large
     photo costs its decoded bytes, not a float copy four times their size.
     The photo is taken as displayed (its EXIF orientation applied): ``boxes``
@@ -174,15 +188,18 @@ def predict_photo(
     """
     from .data.images import read_image
 
+    min_score = check_min_score(min_score) if boxes is None else None
     image = read_image(image_path)
     if boxes is not None:  # against the photo as displayed, before a slow first export of the model
         boxes = check_boxes(boxes, image.shape[1], image.shape[0])
     artifact = resolve_artifact(model, backend, trust=trust, log=log)
     with LandmarkSession(artifact, backend=backend, device=device, threads=threads) as session:
-        detector = DlibHogDetector(scan_size=scan_size or SCAN_SIZE) if boxes is None else None
+        # dlib reports from min(0, min_score): what scores under min_score is counted, not kept
+        detector = (DlibHogDetector(scan_size=scan_size or SCAN_SIZE, threshold=min(0.0, min_score or 0.0))
+                    if boxes is None else None)
         passes = refine_passes if refine_passes is not None else (1 if boxes is None else 0)
-        faces = detect_and_predict(session, image, detector=detector, boxes=boxes, refine_passes=passes)
-        result = PhotoResult(Path(image_path), artifact, session.backend.name, session.device, boxes is None, faces)
+        faces = detect_and_predict(session, image, detector=detector, boxes=boxes, refine_passes=passes, min_score=min_score)
+        result = PhotoResult(Path(image_path), artifact, session.backend.name, session.device, boxes is None, faces, min_score)
     return result, image
 
 

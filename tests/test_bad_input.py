@@ -544,7 +544,7 @@ def test_api_checkpoint_of_another_architecture(name: str, env: SimpleNamespace)
 
 _WORKER_SCRIPT = """
 import torch
-from fan_edge import cli
+from fan_edge.cli.common import one_line
 from fan_edge.errors import DataError, FanEdgeError
 
 class Broken(torch.utils.data.Dataset):
@@ -558,7 +558,7 @@ try:
     next(iter(torch.utils.data.DataLoader(Broken(), num_workers=1)))
 except FanEdgeError as exc:
     assert "Traceback" in str(exc), str(exc)
-    print(cli._one_line(exc))
+    print(one_line(exc))
 """
 
 

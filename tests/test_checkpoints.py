@@ -758,12 +758,123 @@ def test_load_qat_refuses_bad_quantizer_files(small_reference, tmp_path, kind):
 def test_weights_keep_their_own_crop_and_refinement(tmp_path):
     """``create_model(name, weights=ckpt)``: the checkpoint's crop and refinement are how it was trained; the
     name's defaults would shift every landmark, so they must not win."""
+    from fan_edge.models import Weights
     from fan_edge.runtime.crop import CropSpec
 
-    trained = FAN(FANConfig(stacks=1, width=32, input_size=64, crop=CropSpec(reference_scale=280.0, center_shift=0.0),
-                            refine="gaussian"))
+    trained = FAN(FANConfig(stacks=1, width=32, input_size=64),
+                  Weights(crop=CropSpec(reference_scale=280.0, center_shift=0.0), refine="gaussian"))
     path = tmp_path / "trained.safetensors"
     save_checkpoint(trained, path)
     model = create_model("fan1-w32-i64", weights=path)
-    assert model.config.crop == trained.config.crop and model.config.refine == "gaussian"
-    assert create_model("fan1-w32-i64", weights=False).config.crop != trained.config.crop
+    assert model.weights.crop == trained.weights.crop and model.weights.refine == "gaussian"
+    assert model.weights.file == str(path) and model.weights.name == "trained"
+    assert create_model("fan1-w32-i64", weights=False).weights.crop != trained.weights.crop
+    assert create_model(path).weights == model.weights  # by path: the same record
+    assert create_model(model.weights).weights == model.weights  # by record: its file
+
+
+# --- 10. the weights record: crop and refinement belong to the weights ------------------------------------------
+
+LEGACY_CROP = {"center_shift": 0.0, "reference_scale": 280.0, "window": 200.0}
+
+
+def test_config_is_architecture_only():
+    """FANConfig holds no crop or refinement; a stored config that does (an older file) reads through split_config."""
+    from fan_edge.models.pretrained import split_config
+
+    assert "crop" not in FANConfig().to_dict() and "refine" not in FANConfig().to_dict()
+    with pytest.raises(ConfigError, match="belong to the weights"):
+        FANConfig.from_dict({"stacks": 1, "crop": LEGACY_CROP})
+    config, legacy = split_config({"stacks": 1, "width": 32, "input_size": 64, "crop": LEGACY_CROP, "refine": "gaussian"})
+    assert config == FANConfig(stacks=1, width=32, input_size=64)
+    assert legacy == {"crop": LEGACY_CROP, "refine": "gaussian"}
+
+
+def test_new_files_keep_the_record_beside_the_architecture(tmp_path):
+    """Card and metadata: ``config`` is the architecture; crop and refine are the weights' (top-level in the card)."""
+    from safetensors import safe_open
+
+    from fan_edge.models import Weights
+    from fan_edge.models.pretrained import WEIGHTS_METADATA_KEY
+
+    model = FAN(FANConfig(stacks=1, width=32, input_size=64), Weights(crop=LEGACY_CROP, refine="gaussian"))
+    path = save_checkpoint(model, tmp_path / "new.safetensors", card={"crop": {"window": 1.0}, "note": "kept"})
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert "crop" not in card["config"] and "refine" not in card["config"]
+    assert card["crop"] == LEGACY_CROP and card["refine"] == "gaussian" and card["note"] == "kept"  # the weights' own win
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata()
+    assert json.loads(meta[WEIGHTS_METADATA_KEY]) == {"crop": LEGACY_CROP, "refine": "gaussian"}
+    assert "crop" not in json.loads(meta["fan_edge_config"])
+
+
+def _legacy_safetensors(model: FAN, path: Path, card: bool = True, metadata: bool = True) -> Path:
+    """A file as fan-edge wrote them before the weights record: crop and refine inside the config."""
+    from safetensors.torch import save_file
+
+    config = {**model.config.to_dict(), "crop": LEGACY_CROP, "refine": "gaussian"}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"fan_edge_config": json.dumps(config), "fan_edge_version": "0.1.0"} if metadata else None)
+    if card:
+        path.with_suffix(".json").write_text(json.dumps({"config": config, "fan_edge_version": "0.1.0", "note": "old"}))
+    return path
+
+
+@pytest.mark.parametrize("where", ["both", "metadata", "card"])
+def test_older_files_load_with_their_own_crop_and_refinement(small_reference, tmp_path, where):
+    model, x, out = small_reference
+    path = _legacy_safetensors(model, tmp_path / "old.safetensors", card=where != "metadata", metadata=where != "card")
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.config == model.config
+    assert checkpoint.weights.crop.reference_scale == 280.0 and checkpoint.weights.refine == "gaussian"
+    loaded = create_model(path)
+    assert loaded.config == model.config and loaded.weights.refine == "gaussian"
+    assert loaded.weights.crop.to_dict() == LEGACY_CROP
+    assert torch.equal(run(loaded, x), out)
+    # And written again, the record moves out of the config and survives.
+    again = read_checkpoint(save_checkpoint(loaded, tmp_path / "again.safetensors"))
+    assert again.weights == loaded.weights.replace(name="again", file=str(tmp_path / "again.safetensors"))
+
+
+def test_released_state_dicts_get_fans_own_conventions(fan4_reference):
+    """A 2DFAN-4 .pth.tar says nothing of its crop: FAN's released one (195, 0.12) and quarter-pixel refinement."""
+    from fan_edge.runtime.crop import CropSpec
+
+    _, path, _, _ = fan4_reference
+    record = create_model(path).weights
+    assert record.crop == CropSpec() and record.refine == "quarter" and record.file == str(path)
+
+
+def test_bad_record_in_a_file_is_a_checkpoint_error(small_reference, tmp_path):
+    from safetensors.torch import save_file
+
+    from fan_edge.models.pretrained import WEIGHTS_METADATA_KEY
+
+    model, _, _ = small_reference
+    for bad in ({"refine": "soft"}, {"crop": {"zoom": 2}}, {"color": 1}, ["crop"]):
+        path = tmp_path / "bad.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+                  metadata={"fan_edge_config": model.config.to_json(), WEIGHTS_METADATA_KEY: json.dumps(bad)})
+        with pytest.raises(CheckpointError, match="bad fan-edge metadata") as excinfo:
+            read_checkpoint(path)
+        one_line_error(excinfo)
+
+
+def test_training_state_config_round_trips_the_record():
+    from fan_edge.models import Weights
+    from fan_edge.models.pretrained import combined_config, config_and_weights
+
+    config, record = FANConfig(stacks=1, width=32, input_size=64), Weights(crop=LEGACY_CROP, refine="gaussian")
+    assert config_and_weights(combined_config(config, record)) == (config, record)
+    # a state saved before the record (crop and refine inside its config) reads the same
+    assert config_and_weights({**config.to_dict(), "crop": LEGACY_CROP, "refine": "gaussian"}) == (config, record)
+
+
+def test_derived_networks_keep_the_record():
+    """Pruning and float copies build a new FAN from the old config: the weights' record goes with it."""
+    from fan_edge.models import Weights
+    from fan_edge.quantize.pruning.structured import drop_stacks
+
+    record = Weights(name="x", crop=LEGACY_CROP, refine="gaussian")
+    model = FAN(FANConfig(stacks=2, width=32, input_size=64), record)
+    assert drop_stacks(model, 1).weights == record

@@ -15,9 +15,10 @@ from fan_edge.cli import export_main  # noqa: E402
 from fan_edge.export import coreml_export, export_model  # noqa: E402
 from fan_edge.errors import ExportError  # noqa: E402
 from fan_edge.export.staging import Staging  # noqa: E402
+from fan_edge.rows import Status  # noqa: E402
 from fan_edge.runtime.contract import METADATA_KEY, ModelContract, sidecar_path  # noqa: E402
 
-STATUS = "exported; prediction needs macOS"
+REASON = "prediction needs macOS"  # why a Core ML export is "not verified" off a Mac
 
 
 def _ops(spec) -> list[str]:
@@ -52,9 +53,9 @@ def coreml_exported(tmp_path_factory, tiny_checkpoint):
 def test_each_precision_exports_a_checked_package(coreml_exported, precision):
     r = coreml_exported[(precision, "heatmaps")]
     assert r.path.suffix == ".mlpackage" and r.path.is_dir() and (r.path / "Manifest.json").is_file()
-    assert r.status == STATUS and r.parity is None and r.size_mb > 0
+    assert r.status is Status.NOT_VERIFIED and r.reason == REASON and r.parity is None and r.size_mb > 0
     side = json.loads(sidecar_path(r.path).read_text())
-    assert side["verification"] == {"status": STATUS}
+    assert side["verification"] == {"status": "not verified", "reason": REASON}
     # The spec, read back with coremltools without the Core ML runtime (this is Linux).
     spec = ct.utils.load_spec(str(r.path))
     assert spec.WhichOneof("Type") == "mlProgram"
@@ -70,6 +71,8 @@ def test_each_precision_exports_a_checked_package(coreml_exported, precision):
     assert embedded.target == "coreml" and embedded.precision == precision and embedded.layout == "NCHW"
     assert embedded.refine == "gaussian" and embedded.crop.reference_scale == 280.0 and embedded.extra["max_batch"] == 64
     assert coreml_export.read_contract(r.path) == embedded
+    # int8 is weights only here, and the contract says so (no calibration, no activation bits)
+    assert embedded.extra.get("int8") == ({"weights_only": True, "per_channel": True} if precision == "int8" else None)
     ops = _ops(spec)
     assert "conv" in ops
     # float32 throughout, or float16 compute (float32 I/O around it)
@@ -85,7 +88,7 @@ def test_landmarks_are_a_float32_head_after_the_network(coreml_exported):
     body, head = spec.pipeline.models
     assert [o.name for o in body.description.output] == ["heatmaps"] and [i.name for i in head.description.input] == ["heatmaps"]
     assert [o.name for o in spec.description.output] == ["landmarks", "scores"]
-    assert not _has_fp16(head) and r.status == STATUS
+    assert not _has_fp16(head) and r.status is Status.NOT_VERIFIED
 
 
 def test_fp16_landmarks_keep_the_head_float32(tiny_checkpoint, tmp_path):
@@ -97,7 +100,7 @@ def test_fp16_landmarks_keep_the_head_float32(tiny_checkpoint, tmp_path):
 def test_cli_needs_no_faces_and_says_why_it_did_not_verify(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "m.mlpackage"
     assert export_main(["--target", "coreml", "--model", str(tiny_checkpoint), "--output", str(out)]) == 0
-    assert STATUS in capsys.readouterr().out and out.is_dir()
+    assert f"not verified ({REASON})" in capsys.readouterr().out and out.is_dir()
     assert export_main(["--target", "coreml", "--model", str(tiny_checkpoint), "--output", str(tmp_path / "m.onnx")]) == 2
     assert ".mlpackage" in capsys.readouterr().err
 

@@ -13,7 +13,9 @@ pytest.importorskip("nncf")
 from fan_edge.export import export_model  # noqa: E402
 from fan_edge.runtime.contract import RT_INFO_PATH, ModelContract, sidecar_path  # noqa: E402
 from fan_edge.runtime.decode import decode_heatmaps  # noqa: E402
+from fan_edge.rows import Status  # noqa: E402
 from fan_edge.runtime.session import LandmarkSession  # noqa: E402
+from conftest import expected_status  # noqa: E402
 
 
 def _contract_from_ir(path: Path) -> ModelContract:
@@ -46,7 +48,8 @@ def test_each_precision_exports_and_loads(exported, precision):
         assert session.backend.name == "openvino" and session.fixed_batch is None
         out = session.run_crops(np.random.default_rng(0).random((3, 3, 128, 128), dtype=np.float32))
     assert out.heatmaps.shape == (3, 68, 32, 32)
-    assert r.status == "ok" and r.parity.faces == 4
+    assert r.parity.faces == 4 and r.status is expected_status(r)  # the real tolerances
+    assert r.status is Status.PASSED or precision == "int8"  # a random network's int8 landmarks may move
 
 
 def test_fp32_matches_pytorch_and_onnx(exported):

@@ -178,8 +178,8 @@ def test_default_int8_gives_the_same_landmarks_without_vnni(data_dir, tmp_path):
     (result,) = export_model("default", "onnx", "int8", output=tmp_path / "default-int8.onnx",
                              calib=data_dir / "helen_train", calib_faces=32, verify=False)
     assert u8s8_overflow(result.path) == []
-    cfg = create_model("default").config
-    faces = FaceCrops(data_dir / "afw", cfg.input_size, cfg.crop, count=6, seed=1).load()
+    model = create_model("default")
+    faces = FaceCrops(data_dir / "afw", model.config.input_size, model.weights.crop, count=6, seed=1).load()
     np.savez(tmp_path / "faces.npz", images=faces["images"])
     here = runtime_points(result.path, tmp_path / "faces.npz")
     avx2 = runtime_points(result.path, tmp_path / "faces.npz", emulate="Haswell-v4")

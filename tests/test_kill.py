@@ -294,15 +294,15 @@ def two_models(tmp_path_factory) -> tuple[Path, Path]:
     import torch
 
     from conftest import randomise_batchnorm
-    from fan_edge.models import FANConfig, create_model, save_checkpoint
+    from fan_edge.models import FANConfig, Weights, create_model, save_checkpoint
     from fan_edge.runtime.crop import CropSpec
 
     paths = []
     for seed, scale in ((0, 195.0), (1, 280.0)):
         torch.manual_seed(seed)
         crop = CropSpec(reference_scale=scale, center_shift=0.0)
-        config = FANConfig(stacks=1, width=32, input_size=64, hourglass_depth=1, crop=crop)
-        model = randomise_batchnorm(create_model(config, weights=False))
+        config = FANConfig(stacks=1, width=32, input_size=64, hourglass_depth=1)
+        model = randomise_batchnorm(create_model(config, weights=Weights(crop=crop)))
         paths.append(save_checkpoint(model, tmp_path_factory.mktemp(f"model{seed}") / "tiny.safetensors", card={"seed": seed}))
     return paths[0], paths[1]
 
@@ -393,7 +393,7 @@ def test_fan_export_killed_at_random_moments_keeps_every_previous_file(tmp_path,
     _run_to_end(command(newer), log)
     assert sorted(p.name for p in out.iterdir()) == sorted(EXPORT_FINALS), "the next export left temporaries"
     b = _check_export_files(out)
-    assert all(b[n + ".json:contract"]["verification"]["status"] == "ok" for n in ("tiny-fp32.onnx", "tiny-fp32.xml"))
+    assert all(b[n + ".json:contract"]["verification"]["status"] == "passed" for n in ("tiny-fp32.onnx", "tiny-fp32.xml"))
     assert all(a[n] != b[n] for n in EXPORT_FINALS)  # every file really was replaced
     seen = [_assert_one_version(state, a, b) for state in states]
     for before, after in zip(seen, seen[1:]):  # an artifact once replaced is never the previous one again

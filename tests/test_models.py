@@ -340,3 +340,34 @@ def test_create_model_from_config():
 def test_untrained_weights_false():
     model = create_model("fan1-w32-i128", weights=False)
     assert model.config == config_from_name("fan1-w32-i128")
+
+
+def test_weights_records_of_registry_names():
+    """A zoo name's record (crop, refinement, card) comes from its card, torch-free, and is what the loaded model
+    carries; an architecture name's is untrained, with FAN's released crop and quarter-pixel refinement."""
+    from fan_edge.models import Weights, get_weights
+    from fan_edge.runtime.crop import CropSpec
+
+    untrained = get_weights("fan2-w64-i128")
+    assert not untrained.trained and untrained.crop == CropSpec() and untrained.refine == "quarter"
+    assert create_model("fan2-w64-i128").weights == untrained
+    zoo = [n for n in list_models() if get_entry(n).pretrained is not None and n != "default"]
+    assert zoo, "no zoo model registered"
+    for name in zoo:
+        record = get_weights(name)
+        assert record.trained and record.name == name and record.meta.get("figures")
+        assert record.crop.reference_scale == 280.0 and record.refine == "gaussian"  # how the zoo was trained
+    default = create_model("default")
+    assert default.weights == get_weights("default") and default.weights.name != "default"
+    assert default.card == get_entry("default").card()
+    assert isinstance(default.weights, Weights) and hash(default.weights) == hash(get_weights("default"))
+
+
+def test_weights_record_validates():
+    from fan_edge.models import Weights
+
+    with pytest.raises(ConfigError):
+        Weights(refine="soft")
+    with pytest.raises(ConfigError):
+        Weights(crop={"zoom": 1})
+    assert Weights(crop={"reference_scale": 280}).crop.reference_scale == 280.0

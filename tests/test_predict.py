@@ -19,7 +19,7 @@ from fan_edge.predict import parse_boxes, resolve_artifact
 pytest.importorskip("dlib")
 pytest.importorskip("onnxruntime")
 
-from fan_edge.runtime.detect import HOG_TO_LANDMARK_BOX, DlibHogDetector, landmark_box  # noqa: E402
+from fan_edge.runtime.detect import HOG_TO_LANDMARK_BOX, MIN_SCORE, DlibHogDetector, landmark_box  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,14 +151,15 @@ def test_predict_on_afw_photos(data_dir, default_onnx, tmp_path, capsys):
         faces = result["faces"]
         drawn = cv2.imread(str(out))
         assert drawn.shape == image.shape
-        if not faces:  # the detector misses about 6% of AFW faces (profiles mostly); counted below
+        if not faces:  # the detector misses about 6% of AFW faces (profiles mostly), --min-score drops 14% more; counted below
             continue
         points = np.array([f["points"] for f in faces])
         best = int(np.argmin(np.linalg.norm(points - truth, axis=-1).mean(axis=-1)))
         errors.append(per_face_nme(points[best][None], truth[None])[0])
         assert np.array(faces[best]["scores"]).shape == (68,)
         assert not np.array_equal(drawn[..., ::-1], image)  # something was drawn
-    assert len(errors) >= 0.8 * photos and np.median(errors) < 0.08, (photos, errors)
+    # 80% of all 337 AFW faces reach the default --min-score (docs/runtime.md); 7 of these 9 do.
+    assert len(errors) >= 0.7 * photos and np.median(errors) < 0.08, (photos, errors)
 
 
 def test_predict_with_boxes_and_text_output(data_dir, default_onnx, tmp_path, capsys):
@@ -196,6 +197,36 @@ def test_predict_errors_are_one_line(data_dir, default_onnx, capsys, tmp_path, e
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
+
+
+def test_min_score_leaves_weak_detections_out_but_never_given_boxes(data_dir, default_onnx, capsys):
+    """--min-score: detections under it are left out and said so on stderr; --boxes are kept whatever it says."""
+    path, _, _, box = next(_faces(data_dir / "afw", 1))
+    assert main(["predict", str(path), "--model", str(default_onnx), "--json"]) == 0
+    kept = json.loads(capsys.readouterr().out)
+    assert kept["min_score"] == MIN_SCORE and kept["faces"] and all(f["detector_score"] >= MIN_SCORE for f in kept["faces"])
+    assert main(["predict", str(path), "--model", str(default_onnx), "--json", "--min-score", "100"]) == 0
+    captured = capsys.readouterr()
+    none = json.loads(captured.out)
+    assert none["faces"] == [] and len(none["below_min_score"]) >= 1 and "below --min-score 100" in captured.err
+    text = ",".join(f"{v:.2f}" for v in box)
+    assert main(["predict", str(path), "--model", str(default_onnx), "--json", "--boxes", text, "--min-score", "100"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert len(given["faces"]) == 1 and given["min_score"] is None and given["below_min_score"] == []
+
+
+def test_min_score_keeps_most_afw_faces(data_dir):
+    """The default bound, re-measured on every 4th AFW face (docs/runtime.md has all 337 and the non-faces): it keeps
+    most of the faces dlib finds at its own operating point (0), scored at the default scan size."""
+    detector = DlibHogDetector()
+    found = []
+    for _, image, _, truth in _faces(data_dir / "afw", 4):
+        d = detector.detect(image)
+        match = d.scores[_iou(d.boxes, truth) > 0.3] if len(d) else []
+        if len(match):
+            found.append(float(max(match)))
+    kept = np.mean(np.array(found) >= MIN_SCORE)
+    assert len(found) > 75 and kept >= 0.8, (len(found), kept)
 
 
 def test_predict_missing_image(default_onnx, capsys):

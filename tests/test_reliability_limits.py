@@ -509,12 +509,13 @@ def test_limits_describe_huge_values():
 def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     """Within the bounds a combination can still exhaust a small machine: torch's allocator error is one line too."""
     import fan_edge.cli as cli
+    from fan_edge.cli import models as models_command
 
     def allocate(args):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                            "you tried to allocate 13194139533312 bytes.\nError code 12")
 
-    monkeypatch.setattr(cli, "_cmd_models", allocate)
+    monkeypatch.setattr(models_command, "cmd_models", allocate)
     assert cli.main(["models"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out of memory" in err, err
@@ -522,6 +523,6 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     def other(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "_cmd_models", other)
+    monkeypatch.setattr(models_command, "cmd_models", other)
     with pytest.raises(RuntimeError, match="a bug"):  # anything else stays a traceback: it is a bug to report
         cli.main(["models"])

@@ -241,7 +241,7 @@ def test_a_second_export_to_the_same_output_is_refused_and_a_run_verifies_its_ow
                             "--verify", str(synthetic_faces), "--verify-faces", "1", "--json"]) == 0
     assert len(seen) == 1
     side = json.loads(sidecar_path(out).read_text())
-    assert side["verification"]["status"] == "ok" and side["crop"] == ModelContract.from_json(json.dumps(side)).crop.to_dict()
+    assert side["verification"]["status"] == "passed" and side["crop"] == ModelContract.from_json(json.dumps(side)).crop.to_dict()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]  # no lock, no staging left
 
 

@@ -120,11 +120,11 @@ def _torch_predict(checkpoint: Path, image: np.ndarray, boxes: np.ndarray) -> np
 
     model = create_model(str(checkpoint))
     cfg = model.config
-    mats = crop_matrices(boxes, cfg.input_size, cfg.crop)
+    mats = crop_matrices(boxes, cfg.input_size, model.weights.crop)
     x = to_network_input(np.stack([warp_image(as_rgb(image), m, cfg.input_size) for m in mats]))
     with torch.no_grad():
         hm = model(torch.from_numpy(x)).numpy()
-    pts, _ = decode_heatmaps(hm, cfg.input_size, cfg.refine)
+    pts, _ = decode_heatmaps(hm, cfg.input_size, model.weights.refine)
     return crop_points_to_image(pts, mats)
 
 

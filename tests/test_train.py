@@ -71,7 +71,7 @@ def test_train_writes_best_checkpoint_with_card(faces: Path, val_faces: Path, tm
     assert not result["stopped"]
     assert (out / "train.log").read_text().count("epoch 2/2") == 1
     ckpt = read_checkpoint(out / "best.safetensors")
-    assert ckpt.config.crop.reference_scale == 280.0 and ckpt.config.refine == "gaussian"
+    assert ckpt.weights.crop.reference_scale == 280.0 and ckpt.weights.refine == "gaussian"
     assert "fan-train --model fan1-w32-i128" in ckpt.card["recipe"]
     assert set(ckpt.card["figures"]) >= {"nme_io", "nme_box", "auc7", "fr7"}
     model = create_model(out / "best.safetensors")
@@ -144,6 +144,25 @@ def test_torchrun_two_cpu_processes_stop_together_and_resume(faces: Path, tmp_pa
     assert "world 2" in log and "resuming" in log and "epoch 2/2" in log
     assert (out / "final.safetensors").is_file()
     assert np.isfinite(float(log.split("epoch 2/2 loss=")[1].split()[0]))
+
+
+# The entries of last.ckpt as fan-train has written them since its runs became resumable (long runs hold exactly
+# these): fan-train writes no others, and the one trainer resumes from them.
+TRAINER_LAST_ENTRIES = {"model", "optimizer", "epoch", "batch", "best", "history", "spec", "config"}
+
+
+def test_a_last_ckpt_the_trainer_saved_resumes(synthetic_faces: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("FAN_EDGE_NO_PROGRESS", "1")
+    out = tmp_path / "run"
+    values = dict(model=TINY, data=[str(synthetic_faces)], out=str(out), epochs=2, batch_size=2, workers=0, seed=3, device="cpu")
+    assert train(TrainSpec(**values, max_batches=4))["stopped"]  # 3 batches an epoch: inside epoch 2
+    state = torch.load(out / LAST, weights_only=True)
+    assert set(state) == TRAINER_LAST_ENTRIES and (state["epoch"], state["batch"]) == (1, 1)
+    torch.save({k: state[k] for k in TRAINER_LAST_ENTRIES}, out / LAST)  # exactly those entries, nothing newer
+    assert not train(TrainSpec(**values))["stopped"]
+    log = (out / "train.log").read_text()
+    assert "resuming" in log and log.count("epoch 1/2 ") == log.count("epoch 2/2 ") == 1
+    assert (out / "final.safetensors").is_file() and (out / "best.safetensors").is_file()
 
 
 def test_warm_start_grows_stacks_from_the_last_one(tmp_path: Path):

@@ -1,4 +1,5 @@
-"""The zoo: bundling measures figures afresh; the registry table reads them back."""
+"""The zoo: bundling measures figures afresh into the folder asked for, with portable cards; the registry table reads
+them back; a corrupt card costs only its own model."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fan_edge.bench.zoo import bundle, format_table, zoo_rows
 from fan_edge.data.heatmaps import gaussian_heatmaps
 from fan_edge.errors import ConfigError
 from fan_edge.models import create_model, read_checkpoint, save_checkpoint
+from fan_edge.models.bundle import absolute_paths, bundle, development_weights_folder, portable_card
+from fan_edge.models.table import format_table, zoo_rows
 from fan_edge.runtime.decode import decode_heatmaps
 
 
@@ -64,3 +66,158 @@ def test_gaussian_refinement_recovers_arbitrary_subcell_points(size: int):
 def test_docs_table_is_the_registry_table():
     docs = (Path(__file__).resolve().parents[1] / "docs" / "zoo.md").read_text()
     assert format_table(zoo_rows(), markdown=True) in docs, "docs/zoo.md is stale: regenerate with `fan-edge models --markdown`"
+
+
+# --- the weights record in bundled cards; where bundle writes; no machine paths --------------------------------------
+
+REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "fan_edge" / "models" / "weights"
+
+
+def _fake_measure(checkpoint, data, threads=2):
+    return {"parameters": 1, "macs": 1, "figures": {"data": Path(data).name, "nme_io": 9.0}}
+
+
+def test_bundled_cards_hold_no_machine_paths():
+    cards = sorted(REPO_WEIGHTS.glob("*.json"))
+    assert cards
+    for card in cards:
+        assert absolute_paths(json.loads(card.read_text())) == [], f"{card.name} holds an absolute path"
+
+
+def test_bundle_writes_paths_relative_to_the_data_root(tmp_path: Path, monkeypatch):
+    from fan_edge.models import Weights
+    from fan_edge.models import bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "measure_card", _fake_measure)
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    afw = root / "300w" / "afw"
+    train = root / "300w" / "helen_train"
+    run = tmp_path / "runs" / "stage1" / "final.safetensors"
+    card = {
+        "recipe": f"fan-train --model {run} --data {train} --val {afw} --out=/somewhere/else/r2 && fan-edge bundle x",
+        "data": {"train": [str(train), "runs/lfw-labels"], "validation": str(afw),
+                 "sources": [{"folder": str(train), "faces": 3}, {"folder": "/home/alice/faces/lfw", "faces": 2}]},
+        "train_spec": {"data": [str(train)], "val": str(afw), "out": str(tmp_path / "runs" / "s2"), "teacher": None},
+        "description": "2 stacks, w/o tricks: 1/2 the MACs",
+    }
+    model = create_model("fan1-w32-i128", weights=Weights(crop={"reference_scale": 280.0, "center_shift": 0.0}, refine="gaussian"))
+    ckpt = save_checkpoint(model, tmp_path / "run.safetensors", card)
+    out = bundle(ckpt, "tiny-paths", afw, folder=tmp_path / "zoo", data_root=root)
+    text = out.with_suffix(".json").read_text()
+    written = json.loads(text)
+    assert absolute_paths(written) == [] and str(tmp_path) not in text
+    assert written["recipe"] == ("fan-train --model runs/stage1/final.safetensors --data 300w/helen_train --val 300w/afw "
+                                 "--out=r2 && fan-edge bundle x")
+    assert written["data"]["train"] == ["300w/helen_train", "runs/lfw-labels"] and written["data"]["validation"] == "300w/afw"
+    assert [s["folder"] for s in written["data"]["sources"]] == ["300w/helen_train", "lfw"]
+    assert written["train_spec"]["out"] == "runs/s2" and written["description"] == card["description"]
+    # the weights record: crop and refinement beside the architecture, read back as the weights'
+    assert written["refine"] == "gaussian" and written["crop"]["reference_scale"] == 280.0 and "crop" not in written["config"]
+    reloaded = create_model(out)
+    assert reloaded.weights.refine == "gaussian" and reloaded.weights.crop == model.weights.crop
+    # without --data-root: relative to the folder above the evaluation faces
+    default_root = json.loads(bundle(ckpt, "tiny-paths2", afw, folder=tmp_path / "zoo").with_suffix(".json").read_text())
+    assert default_root["data"]["validation"] == "afw" and default_root["data"]["train"][0] == "helen_train"
+
+
+def test_portable_card_keeps_text_and_relative_paths():
+    card = {"a": "https://example.org/x/y", "b": "../shared/data/300w/afw", "c": ["and/or", "1 / 2"], "d": 3, "e": None}
+    assert portable_card(card, "/data", "/work") == card
+    assert portable_card({"p": "C:\\Users\\bob\\faces\\afw"}, None, "/work") == {"p": "afw"}
+
+
+def test_bundle_needs_a_folder_outside_a_development_checkout(tmp_path: Path, monkeypatch):
+    from fan_edge.models import bundle as bundle_module
+
+    assert development_weights_folder() == REPO_WEIGHTS  # this checkout: the package's folder is the zoo
+    monkeypatch.setattr(bundle_module, "development_weights_folder", lambda: None)
+    with pytest.raises(ConfigError, match="--out"):
+        bundle(tmp_path / "x.safetensors", "tiny-test", tmp_path)
+
+
+def test_bundle_help_says_where_it_writes():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fan_edge.cli", "bundle", "--help"], check=False, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--out DIR" in done.stdout and "development checkout" in done.stdout and "--data-root" in done.stdout
+
+
+# --- a corrupt card ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("{ not json", "not valid JSON"),
+        ("[1, 2]", "not an object"),
+        ("{}", "no \"config\""),
+        ('{"config": {"stacks": "two"}}', "bad config"),
+        ('{"config": {"stacks": 1}, "refine": "soft"}', "bad config"),
+        ('{"config": {"stacks": 1, "crop": {"zoom": 1}}}', "bad config"),
+        ('{"config": {"stacks": 1}, "name": "fan4"}', "shadow"),
+        ('{"config": {"stacks": 1}, "name": 4}', "name"),
+        ('{"config": {"stacks": 1}, "description": ["x"]}', "description"),
+        (b"\xff\xfe{", "unreadable"),
+    ],
+)
+def test_corrupt_cards_are_refused_in_one_line(tmp_path: Path, text, reason):
+    from fan_edge.models.registry import read_zoo_card
+
+    card = tmp_path / "broken-300w.json"
+    card.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=reason) as excinfo:
+        read_zoo_card(card, tmp_path)
+    assert "\n" not in str(excinfo.value)
+
+
+def test_a_corrupt_card_leaves_only_its_model_unavailable(tmp_path: Path):
+    """A copy of the weights folder with one card not JSON and one without its config: import, `fan-edge models` and
+    the other models work; the two are listed as unavailable with their reason, each warned once in one line."""
+    import subprocess
+    import sys
+
+    zoo = tmp_path / "weights"
+    zoo.mkdir()
+    for f in REPO_WEIGHTS.iterdir():
+        if f.suffix == ".json":
+            (zoo / f.name).write_text(f.read_text())
+        elif f.suffix == ".safetensors":
+            (zoo / f.name).symlink_to(f)
+    (zoo / "fan1-w64-i64-300w.json").write_text("{ not json")
+    card = json.loads((zoo / "fan4-w64-i128-300w.json").read_text())
+    del card["config"]
+    (zoo / "fan4-w64-i128-300w.json").write_text(json.dumps(card))
+    code = f"""
+import contextlib, io, json, importlib.resources as r
+from pathlib import Path
+files = r.files
+r.files = lambda pkg: Path({str(zoo)!r}) if pkg == "fan_edge.models.weights" else files(pkg)
+import fan_edge.models as m
+from fan_edge.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    code = main(["models"])
+try:
+    m.create_model("fan1-w64-i64-300w")
+    refused = ""
+except Exception as exc:
+    refused = str(exc)
+print(json.dumps({{"code": code, "table": out.getvalue(), "unavailable": m.unavailable_models(), "default": m.DEFAULT_NAME,
+                  "refused": refused, "other": m.create_model("fan2-w64-i64-300w").weights.refine}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["code"] == 0 and result["default"] == "fan2-w64-i128-300w" and result["other"] == "gaussian"
+    assert set(result["unavailable"]) == {"fan1-w64-i64-300w", "fan4-w64-i128-300w"}
+    assert "not valid JSON" in result["unavailable"]["fan1-w64-i64-300w"]
+    assert "config" in result["unavailable"]["fan4-w64-i128-300w"]
+    assert "unavailable" in result["refused"] and "not valid JSON" in result["refused"]
+    table = result["table"].splitlines()
+    assert any(line.startswith("fan1-w64-i64-300w") and "unavailable: model card" in line for line in table)
+    assert any(line.startswith("fan2-w64-i128-300w") for line in table)
+    warnings = [line for line in done.stderr.splitlines() if "unavailable" in line]
+    assert len(warnings) == 2 and all(w.startswith("fan-edge zoo: ") for w in warnings), done.stderr

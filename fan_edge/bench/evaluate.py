@@ -49,6 +49,8 @@ class Evaluation:
     ground_truth: np.ndarray  # (N, K, 2)
     names: list[str]
     folders: list[str] = field(default_factory=list)  # each face's folder relative to the data folder ("." itself)
+    backend: str = "pytorch"  # what ran the model: "pytorch", or the runtime backend of an artifact
+    device: str = "cpu"
 
     def by_folder(self) -> dict[str, LandmarkScores]:
         """The scores of each folder's faces, by folder (sorted)."""
@@ -127,7 +129,7 @@ def predict_dataset(
         with torch.no_grad():
             for batch in _batches(dataset, batch_size):
                 heatmaps = model(batch["image"].to(device)).float().cpu().numpy()
-                crop_pts, _ = decode_heatmaps(heatmaps, dataset.input_size, refine or model.config.refine)
+                crop_pts, _ = decode_heatmaps(heatmaps, dataset.input_size, refine or model.weights.refine)
                 preds.append(crop_points_to_image(crop_pts, batch["matrix"].numpy()))
                 gts.append(batch["points"].numpy())
                 if bar is not None:
@@ -143,13 +145,13 @@ def evaluate_model(
     model: FAN, data_dir: str | os.PathLike[str], batch_size: int = 16, device: str = "cpu", progress: bool = False,
     log: Log | None = None,
 ) -> Evaluation:
-    """Score ``model`` on every annotated face under ``data_dir``, with its own crop settings.
+    """Score ``model`` on every annotated face under ``data_dir``, with its weights' crop and refinement (``model.weights``).
 
     ``batch_size`` is bounded (:func:`fan_edge.limits.check_batch`) before any face is read. ``progress``: a bar
     on stderr; ``log``: the training-folder warning, before the faces are run.
     """
     check_batch(batch_size, model.config.input_size)
-    dataset = FaceFolder(data_dir, model.config.input_size, crop=model.config.crop, with_heatmaps=False)
+    dataset = FaceFolder(data_dir, model.config.input_size, crop=model.weights.crop, with_heatmaps=False)
     _check_landmarks(dataset, data_dir, model.config.num_landmarks, "the model")
     folders = face_folders(dataset, data_dir)
     _warn_training(folders, data_dir, log)
@@ -182,4 +184,38 @@ def evaluate_session(
         if bar is not None:
             bar.close()
     pred, gt = np.concatenate(preds), np.concatenate(gts)
-    return Evaluation(score(pred, gt), pred, gt, [item.image.name for item in dataset.items], folders)
+    return Evaluation(score(pred, gt), pred, gt, [item.image.name for item in dataset.items], folders,
+                      backend=session.backend.name, device=session.device)
+
+
+def artifact_suffixes() -> list[str]:
+    """The suffixes of the artifacts the runtime runs (``.onnx``, ``.tflite``, ``.xml``...), sorted."""
+    from ..runtime.backends import BACKENDS
+
+    return sorted({s for entry in BACKENDS.values() for s in entry.suffixes})
+
+
+def evaluate(
+    model: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, batch_size: int = 16, backend: str = "auto",
+    device: str = "auto", threads: int | None = None, trust: bool = False, progress: bool = False, log: Log | None = None,
+) -> Evaluation:
+    """Score a registry name, a checkpoint or an exported artifact on every annotated face under ``data_dir``.
+
+    An artifact (by its suffix, :func:`artifact_suffixes`) runs through the runtime with its contract
+    (:func:`evaluate_session`; torch-free) on ``backend``/``device`` with ``threads``; a name or a checkpoint runs in
+    PyTorch on the CPU (:func:`evaluate_model`), and the runtime's options are a ConfigError for it.
+    """
+    from ..errors import ConfigError
+
+    if Path(model).suffix.lower() in artifact_suffixes():
+        from ..runtime.session import LandmarkSession
+
+        with LandmarkSession(model, backend=backend, device=device, threads=threads) as session:
+            return evaluate_session(session, data_dir, batch_size=batch_size, progress=progress, log=log)
+    if backend != "auto" or device != "auto" or threads is not None:
+        raise ConfigError(f"--backend, --device and --threads are for exported artifacts ({', '.join(artifact_suffixes())}); "
+                          f"{model} runs in PyTorch on the CPU")
+    from ..models import create_model
+
+    net = create_model(str(model), trust=trust)
+    return evaluate_model(net, data_dir, batch_size=batch_size, progress=progress, log=log)

@@ -3,12 +3,14 @@
 A point is on the front when no other row is both faster (p50) and more
 accurate. The y axis is NME inter-ocular; without data (latency-only runs) it
 is the artifact size, the other thing an edge deployment trades for speed.
-matplotlib (the ``bench`` extra), with the Agg backend: no display needed.
+Every point is labelled with its model and target (``fan2-w64-i128-300w
+onnxruntime:int8``), and the legend says what each marker and colour means
+(:data:`LEGEND`). matplotlib (the ``bench`` extra), with the Agg backend: no
+display needed.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,17 @@ from typing import Any
 from ..atomic import atomic_path
 from ..errors import BenchError
 from ..runtime.bench import STATUS_FAILED_ACCURACY
+
+FRONT_COLOUR, OTHER_COLOUR = "tab:red", "tab:blue"
+# What the plot's markers and colours mean, as its legend says (the keys of the entries a plot can show).
+LEGEND = {
+    "front": "red: on the Pareto front (no row both faster and more accurate)",
+    "behind": "blue: behind the front (another row is faster and more accurate)",
+    "torch": "square: PyTorch eager, timed here",
+    "artifact": "circle: exported artifact, timed here",
+    "estimate": "triangle: NPU, latency estimated by its compiler (never on the front)",
+    "failed": "hollow: failed the accuracy tolerance",
+}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -29,15 +42,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _label_lifts(xy: Sequence[tuple[float, float]]) -> list[int]:
-    """How many label heights to lift each point's label so that neighbours (e.g. fp32 rows of equal NME) stay legible."""
-    ys = [y for _, y in xy]
-    span = (max(ys) - min(ys)) or 1.0
-    lifts: list[int] = []
-    for i, (x, y) in enumerate(xy):
-        near = [j for j in range(i) if abs(math.log10(xy[j][0] / x)) < 0.15 and abs(xy[j][1] - y) < 0.04 * span]
-        lifts.append(max((lifts[j] for j in near), default=-1) + 1)
-    return lifts
+def _unoverlap(fig: Any, labels: Sequence[Any], xy: Sequence[tuple[float, float]], step: float = 9.0) -> None:
+    """Lift labels (matplotlib annotations, offset in points) until none overlaps another, left to right: neighbours
+    such as fp32 rows of equal NME stay legible. Measured with the renderer, so long model names are accounted for."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    for i in sorted(range(len(labels)), key=lambda k: xy[k]):
+        label = labels[i]
+        x_off, y_off = label.xyann
+        for lift in range(len(labels) + 1):
+            label.xyann = (x_off, y_off + step * lift)
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(box)
 
 
 def is_estimate(row: dict[str, Any]) -> bool:
@@ -45,9 +64,26 @@ def is_estimate(row: dict[str, Any]) -> bool:
     return "estimate" in str(row.get("latency_source") or "")
 
 
-def _label(row: dict[str, Any], several_models: bool) -> str:
+def model_name(row: dict[str, Any]) -> str:
+    """The row's model as a point's label names it: a registry name as it is, a file by its name."""
+    model = str(row.get("model") or "?")
+    return Path(model).name if "/" in model or "\\" in model else model
+
+
+def point_label(row: dict[str, Any]) -> str:
+    """A point's label: model and target, e.g. ``fan2-w64-i128-300w onnxruntime:int8`` (``@npu`` off the CPU)."""
     text = f"{row['target']}:{row['precision']}" + ("" if row.get("device") in (None, "cpu") else f"@{row['device']}")
-    return f"{row['model']} {text}" if several_models else text
+    return f"{model_name(row)} {text}"
+
+
+def legend_keys(rows: Sequence[dict[str, Any]], front: Sequence[int]) -> list[str]:
+    """The :data:`LEGEND` entries that the plotted ``rows`` (``front``: indices on the front) need, in order."""
+    keys = ["front"] + (["behind"] if len(front) < len(rows) else [])
+    keys += ["torch"] if any(r.get("target") == "torch" for r in rows) else []
+    keys += ["artifact"] if any(r.get("target") != "torch" and not is_estimate(r) for r in rows) else []
+    keys += ["estimate"] if any(is_estimate(r) for r in rows) else []
+    keys += ["failed"] if any(r.get("status") == STATUS_FAILED_ACCURACY for r in rows) else []
+    return keys
 
 
 def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
@@ -65,14 +101,15 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | N
     shown = [r for r in rows if isinstance(r.get("latency_ms_p50"), (int, float)) and isinstance(r.get(y_key), (int, float))]
     if not shown:
         raise BenchError("nothing to plot: no row has both a latency and " + ("an NME" if use_nme else "a size"))
-    several = len({r["model"] for r in shown}) > 1
     xy = [(float(r["latency_ms_p50"]), float(r[y_key])) for r in shown]
     # An estimated latency (Vela's, of another chip) is not a timing on this machine: shown, never on the front.
     measured = [i for i, r in enumerate(shown) if not is_estimate(r)]
     front = [measured[j] for j in pareto_front([xy[i] for i in measured])]
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    lifts = _label_lifts(xy)
+    texts = [point_label(r) + (" (failed acc.)" if r.get("status") == STATUS_FAILED_ACCURACY else "")
+             + (" (estimated)" if is_estimate(r) else "") for r in shown]
+    labels = []
     for i, (r, (x, y)) in enumerate(zip(shown, xy)):
         failed = r.get("status") == STATUS_FAILED_ACCURACY
         torch_row = r.get("target") == "torch"
@@ -81,20 +118,16 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | N
             [y],
             s=60 if i in front else 40,
             marker="s" if torch_row else ("^" if is_estimate(r) else "o"),
-            facecolors="none" if failed else ("tab:red" if i in front else "tab:blue"),
-            edgecolors="tab:red" if i in front else "tab:blue",
+            facecolors="none" if failed else (FRONT_COLOUR if i in front else OTHER_COLOUR),
+            edgecolors=FRONT_COLOUR if i in front else OTHER_COLOUR,
             zorder=3,
         )
-        ax.annotate(
-            _label(r, several) + (" (failed acc.)" if failed else "") + (" (estimated)" if is_estimate(r) else ""),
-            (x, y),
-            textcoords="offset points",
-            xytext=(5, 4 + 9 * lifts[i]),
-            fontsize=7,
-        )
+        labels.append(ax.annotate(texts[i], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7))
     fx, fy = [xy[i][0] for i in front], [xy[i][1] for i in front]
-    ax.step(fx, fy, where="post", color="tab:red", linewidth=1.2, label="Pareto front", zorder=2)
+    ax.step(fx, fy, where="post", color=FRONT_COLOUR, linewidth=1.2, label="Pareto front (line)", zorder=2)
     ax.set_xscale("log")
+    xs = [x for x, _ in xy]
+    ax.set_xlim(min(xs) / 1.5, max(xs) * 4.0)  # room on the right for the labels of the slowest points
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
@@ -104,18 +137,20 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | N
     ax.grid(True, which="both", alpha=0.3)
     from matplotlib.lines import Line2D
 
-    def key(marker: str, text: str, filled: bool = True) -> Line2D:
-        return Line2D([], [], marker=marker, linestyle="none", color="tab:blue", markerfacecolor="tab:blue" if filled else "none", label=text)
-
+    # One entry per marker and colour the plot shows, in words (a legend of shapes alone says nothing).
+    styles = {"front": ("o", FRONT_COLOUR, True), "behind": ("o", OTHER_COLOUR, True), "torch": ("s", "grey", True),
+              "artifact": ("o", "grey", True), "estimate": ("^", "grey", True), "failed": ("o", "grey", False)}
     handles, _ = ax.get_legend_handles_labels()
-    handles += [key("s", "PyTorch eager, timed here"), key("o", "artifact, timed here")]
-    if any(is_estimate(r) for r in shown):
-        handles.append(key("^", "NPU, latency estimated by its compiler"))
-    if any(r.get("status") == STATUS_FAILED_ACCURACY for r in shown):
-        handles.append(key("o", "failed the accuracy tolerance", filled=False))
-    ax.legend(handles=handles, loc="best", fontsize=8)
+    for k in legend_keys(shown, front):
+        marker, colour, filled = styles[k]
+        handles.append(Line2D([], [], marker=marker, linestyle="none", color=colour, markerfacecolor=colour if filled else "none",
+                              label=LEGEND[k]))
+    # Below the axes, where it hides no point.
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=7, title="markers",
+              title_fontsize=7, frameon=False)
     fig.tight_layout()
+    _unoverlap(fig, labels, xy)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
     return Path(path)

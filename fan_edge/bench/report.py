@@ -2,7 +2,9 @@
 
 The table follows Ultralytics' benchmark table (format, status, size, metric,
 ms) with FAN's metrics and the speed-up against PyTorch eager fp32; rows that
-did not pass give their one-line reason under the table.
+did not pass give their one-line reason under the table. Rows are
+:class:`~fan_edge.rows.BenchRow` objects, or their JSON objects (a
+``fan-profile`` row, a row read back from a file), read as one.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text_atomic
-from ..runtime.bench import ROW_KEYS, STATUS_PASSED
+from ..rows import EXTRA_KEYS, ROW_KEYS, BenchRow, Status
 
-# Written after ROW_KEYS in CSV (and kept in JSON): how each row was measured.
-EXTRA_KEYS = ("latency_source", "accuracy_source", "npu_offload", "peak_rss_mb", "base_rss_mb", "delta_nme_io", "faces", "threads", "runs", "warmup", "path", "source", "error")
+Row = Mapping[str, Any]  # a BenchRow, or its JSON object
 
 
 def _num(digits: int, suffix: str = "") -> Callable[[Any], str]:
@@ -46,20 +47,26 @@ _COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
 _LEFT = {"model", "target", "precision", "device", "status", "latency_source"}
 
 
-def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+def _rows(rows: Sequence[Row]) -> list[BenchRow]:
+    return [BenchRow.from_dict(r) for r in rows]
+
+
+def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
     """One line per row, then the reason of each row that did not pass."""
+    rows = _rows(rows)
     header = [title for _, title, _ in _COLUMNS]
     cells = [[fmt(r.get(key)) for key, _, fmt in _COLUMNS] for r in rows]
     notes = [
         f"{r['model']} {r.get('target') or '?'}:{r.get('precision') or '?'}@{r.get('device') or '?'}: {r['error']}"
         for r in rows
-        if r.get("error") and r.get("status") != STATUS_PASSED
+        if r.error and r.status is not Status.PASSED
     ]
-    notes += [  # an NPU row's figures come from an emulator or a compiler: say so beside the table
+    notes += [  # an NPU row's figures (measured, whatever their verdict) come from an emulator or a compiler: say so
         f"{r['model']} {r.get('target')}:{r.get('precision')}@{r.get('device')}: accuracy from "
         f"{r.get('accuracy_source') or '-'}; latency: {r.get('latency_source') or '-'}; {r.get('npu_offload') or ''}".rstrip("; ")
         for r in rows
-        if r.get("status") == STATUS_PASSED and (r.get("accuracy_source") or r.get("latency_source") not in (None, "timed here"))
+        if r.status in (Status.PASSED, Status.FAILED_ACCURACY)
+        and (r.get("accuracy_source") or r.get("latency_source") not in (None, "timed here"))
     ]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if k in _LEFT else "---:" for k, _, _ in _COLUMNS) + "|"]
@@ -79,22 +86,19 @@ def format_table(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
     return "\n".join(out)
 
 
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
+def _clean(row: Row) -> dict[str, Any]:
     """The fan-bench keys first, then how the row was measured (keys absent from a row are null)."""
-    ordered = {k: row.get(k) for k in ROW_KEYS}
-    ordered.update({k: row.get(k) for k in EXTRA_KEYS})
-    ordered.update({k: v for k, v in row.items() if k not in ordered})
-    return ordered
+    return BenchRow.from_dict(row).to_dict()
 
 
-def to_json(rows: Sequence[dict[str, Any]], settings: dict[str, Any] | None = None) -> str:
+def to_json(rows: Sequence[Row], settings: dict[str, Any] | None = None) -> str:
     payload: dict[str, Any] = {"rows": [_clean(r) for r in rows]}
     if settings:
         payload["settings"] = settings
     return json.dumps(payload, indent=2, allow_nan=False, default=str)
 
 
-def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+def to_csv(rows: Sequence[Row]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(ROW_KEYS + EXTRA_KEYS), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -103,11 +107,11 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_json(path: str | Path, rows: Sequence[dict[str, Any]], settings: dict[str, Any] | None = None) -> Path:
+def write_json(path: str | Path, rows: Sequence[Row], settings: dict[str, Any] | None = None) -> Path:
     write_text_atomic(path, to_json(rows, settings) + "\n")
     return Path(path)
 
 
-def write_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
+def write_csv(path: str | Path, rows: Sequence[Row]) -> Path:
     write_text_atomic(path, to_csv(rows))
     return Path(path)

@@ -15,13 +15,14 @@ options of each artifact). Then each row is measured:
   ``python -m fan_edge.bench.torch_bench`` for PyTorch), one after the other,
   so that no row's imports, buffers or threads weigh on another's figures.
 
-Each row stands alone: an export, a load, a run or a timing that fails makes
-that row "failed" with a one-line reason, and the others go on. A target on a
-device that is not here is "device absent". An artifact whose NME
-(inter-ocular) is worse than its model's PyTorch row by more than the
-export's tolerance for its precision (:data:`fan_edge.export.parity.TOLERANCES`)
-is "exported but failed accuracy"; without data, the exporter's own parity
-verdict (in the sidecar) decides.
+Each row is a :class:`~fan_edge.rows.BenchRow` and stands alone: an export,
+a load, a run or a timing that fails makes that row :attr:`~fan_edge.rows.Status.FAILED`
+("failed") with a one-line reason, and the others go on. A target on a device
+that is not here is "device absent". An artifact whose NME (inter-ocular) is
+worse than its model's PyTorch row by more than the export's tolerance for its
+precision (:data:`fan_edge.export.parity.TOLERANCES`) is "failed accuracy", the
+exporter's own word for it; without data, the exporter's parity verdict (in
+the sidecar) decides.
 """
 
 from __future__ import annotations
@@ -43,14 +44,8 @@ from .. import __version__
 from ..atomic import write_text_atomic
 from ..errors import BenchError, FanEdgeError, first_line
 from ..limits import MAX_THREADS, check_int
-from ..runtime.bench import (
-    ROW_KEYS,
-    STATUS_DEVICE_ABSENT,
-    STATUS_FAILED,
-    STATUS_FAILED_ACCURACY,
-    STATUS_PASSED,
-    artifact_size_mb,
-)
+from ..rows import BenchRow, Status
+from ..runtime.bench import artifact_size_mb
 from .targets import TORCH, BenchTarget
 
 # Calibration faces when --calib is not given: the training split beside the checkout (never the evaluated faces).
@@ -93,16 +88,9 @@ def default_calib_dir() -> Path | None:
 # ---- rows ----------------------------------------------------------------------------------------
 
 
-def new_row(model: str, target: BenchTarget, **extra: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {k: None for k in ROW_KEYS}
-    row.update(model=model, target=target.runtime, precision=target.precision, device=target.device, status=STATUS_PASSED)
+def new_row(model: str, target: BenchTarget, **extra: Any) -> BenchRow:
+    row = BenchRow(model=model, target=target.runtime, precision=target.precision, device=target.device, status=Status.PASSED)
     row.update(extra)
-    return row
-
-
-def _fail(row: dict[str, Any], reason: str, status: str = STATUS_FAILED) -> dict[str, Any]:
-    row["status"] = status
-    row["error"] = reason
     return row
 
 
@@ -167,7 +155,7 @@ def torch_accuracy(net: Any, faces: Faces) -> dict[str, Any]:
     """The same figures for PyTorch eager, through the project's evaluation, on the same faces."""
     from .evaluate import predict_dataset
 
-    crops = faces.crops(net.config.input_size, net.config.crop)
+    crops = faces.crops(net.config.input_size, net.weights.crop)
     pred, gt = predict_dataset(net, _Subset(crops.dataset, crops.indices))
     return _figures(pred, gt)
 
@@ -199,8 +187,8 @@ def timing_command(path_or_model: str, target: BenchTarget, options: BenchOption
     ] + common
 
 
-def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions) -> dict[str, Any]:
-    """The JSON row printed by the timing subprocess (its status and error included)."""
+def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions) -> BenchRow:
+    """The row printed (as JSON) by the timing subprocess, its status and error included."""
     cmd = timing_command(path_or_model, target, options)
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=options.timeout_s, env=_environment())
@@ -209,8 +197,8 @@ def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions) ->
     for line in reversed(proc.stdout.strip().splitlines()):
         if line.startswith("{"):
             try:
-                return json.loads(line)
-            except json.JSONDecodeError:
+                return BenchRow.from_dict(json.loads(line))
+            except (ValueError, TypeError):  # not JSON, or not a row (an unknown status)
                 break
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
     raise BenchError(f"timing process exited {proc.returncode}: {tail}")
@@ -219,11 +207,11 @@ def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions) ->
 _TIMING_KEYS = ("size_mb", "latency_ms_p50", "latency_ms_p90", "fps", "peak_rss_mb", "base_rss_mb", "threads", "runs", "warmup")
 
 
-def _merge_timing(row: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
-    if timing.get("status") != STATUS_PASSED:
-        return _fail(row, timing.get("error") or "timing failed", timing.get("status") or STATUS_FAILED)
+def _merge_timing(row: BenchRow, timing: BenchRow) -> BenchRow:
+    if timing.status is not Status.PASSED:
+        return row.fail(timing.error or "timing failed", timing.status)
     for key in _TIMING_KEYS:
-        if timing.get(key) is not None and (key != "size_mb" or row.get("size_mb") is None):
+        if timing[key] is not None and (key != "size_mb" or row.size_mb is None):
             row[key] = timing[key]
     return row
 
@@ -270,15 +258,15 @@ class ArtifactCache:
         write_text_atomic(self.path, json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
 
 
-def _export_key(digest: str, target: BenchTarget, options: BenchOptions, calib: Path | None) -> dict[str, Any]:
+def _export_key(digest: str, target: BenchTarget, options: BenchOptions, int8: Any) -> dict[str, Any]:
     key: dict[str, Any] = {
         "weights": digest,
         "target": target.export_target,
         "precision": target.precision,
         "fan_edge": __version__,
     }
-    if target.precision == "int8":
-        key.update(calib=str(calib) if calib else None, calib_faces=options.calib_faces)
+    if target.precision == "int8":  # the recipe's calibration (its other choices are the defaults of this version)
+        key.update(calib=int8.calib, calib_faces=int8.calib_faces)
     if target.npu_export is not None:
         key.update(device=target.npu_export, soc=options.soc)
     return key
@@ -295,14 +283,15 @@ def export_artifacts(
     is lost.
     """
     from ..export.exporter import TARGETS, default_output, default_verify_dir, export_model
+    from ..export.int8 import Int8Recipe
 
     out = options.out.resolve()
     cache = ArtifactCache(out)
-    calib = options.calib
+    int8 = Int8Recipe(calib=options.calib, calib_faces=options.calib_faces)  # one int8 recipe for every row
     verify: Path | bool = False
     if options.verify_export:
         # The faces scored by the benchmark; without them the exporter's own default (AFW), then the calibration faces.
-        verify = options.data or default_verify_dir() or calib or False
+        verify = options.data or default_verify_dir() or options.calib or False
     from ..export.devices import resolve_device
 
     def artifact_path(t: BenchTarget) -> Path:
@@ -311,7 +300,7 @@ def export_artifacts(
         return default_output(stem, TARGETS[t.export_target], t.precision, "heatmaps", out)  # type: ignore[index]
 
     paths = {t: artifact_path(t) for t in targets}
-    keys = {t: _export_key(digest, t, options, calib) for t in targets}
+    keys = {t: _export_key(digest, t, options, int8) for t in targets}
     result: dict[BenchTarget, Path | BaseException] = {}
     todo = []
     for t in targets:
@@ -331,8 +320,7 @@ def export_artifacts(
             ",".join(exports),  # type: ignore[arg-type]
             ",".join(precisions),
             output=str(out) + os.sep,
-            calib=calib,
-            calib_faces=options.calib_faces,
+            int8=int8,
             verify=verify,
             verify_faces=options.npu_faces if npu == "npu" else (options.faces or 64),
             trust=options.trust,
@@ -394,19 +382,23 @@ def _sidecar_verdict(path: Path) -> str | None:
     except FanEdgeError:
         return None
     v = (contract.verification or {}) if contract else {}
-    if v.get("status") == "failed accuracy":
+    try:
+        status = Status(v.get("status"))  # sidecars written before one vocabulary say "ok" for passed
+    except ValueError:
+        return None
+    if status is Status.FAILED_ACCURACY:
         delta, tol = v.get("delta_nme"), v.get("tolerance")
         if isinstance(delta, (int, float)) and isinstance(tol, (int, float)):
             return f"export parity: ΔNME io {delta:+.3f} pp > {tol} pp on {v.get('faces', '?')} faces"
         return "export parity check failed"
-    return "" if v.get("status") == "ok" else None
+    return "" if status is Status.PASSED else None
 
 
-def _apply_sidecar_verdict(row: dict[str, Any], path: Path) -> None:
+def _apply_sidecar_verdict(row: BenchRow, path: Path) -> None:
     """Without faces to score, the exporter's parity verdict (in the sidecar) decides the row's accuracy status."""
     verdict = _sidecar_verdict(path)
     if verdict:
-        _fail(row, verdict, STATUS_FAILED_ACCURACY)
+        row.fail(verdict, Status.FAILED_ACCURACY)
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
@@ -414,26 +406,26 @@ def _apply_sidecar_verdict(row: dict[str, Any], path: Path) -> None:
 
 def _artifact_row(
     path: Path, model: str, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log
-) -> dict[str, Any]:
+) -> BenchRow:
     row = new_row(model, target, path=str(path))
     try:
-        row["size_mb"] = round(artifact_size_mb(path), 3)
+        row.size_mb = round(artifact_size_mb(path), 3)
         if faces is not None:
             log(f"{target.label} {path.name}: accuracy on {faces.folder.name}")
             row.update(artifact_accuracy(path, target.runtime, target.device, options.threads, faces))
         log(f"{target.label} {path.name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
         _merge_timing(row, timed_row(str(path), target, options))
-        row["latency_source"] = "timed here"
-        if row["status"] == STATUS_PASSED and faces is None:
+        row.latency_source = "timed here"
+        if row.status is Status.PASSED and faces is None:
             _apply_sidecar_verdict(row, path)
     except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
-        _fail(row, _reason(exc))
+        row.fail(_reason(exc))
     return row
 
 
 def _npu_row(
     path: Path, model: str, net: Any, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log
-) -> dict[str, Any]:
+) -> BenchRow:
     """A row of an NPU artifact: accuracy from the chip's emulator (QNN) or its int8 graph on this CPU (Ethos-U,
     whose compiled graph computes the same int8 ops), latency from the compiler's estimate or none; each figure
     says where it came from (``accuracy_source``, ``latency_source``)."""
@@ -441,56 +433,56 @@ def _npu_row(
 
     row = new_row(model, target, path=str(path))
     try:
-        row["size_mb"] = round(artifact_size_mb(path), 3)
+        row.size_mb = round(artifact_size_mb(path), 3)
         contract = read_sidecar(path)
         report = ((contract.verification or {}) if contract else {}).get("npu") or {}
         if target.npu_export == "npu":
             soc = report.get("soc") or (contract.extra.get("qnn", {}).get("soc") if contract else None)
-            row["latency_source"] = report.get("latency_source") or "not measurable offline"
+            row.latency_source = report.get("latency_source") or "not measurable offline"
             if faces is not None:
                 subset = Faces(faces.folder, options.npu_faces)
                 log(f"{target.label} {path.name}: accuracy on {options.npu_faces} faces of {faces.folder.name}, on the {soc} emulator")
                 row.update(artifact_accuracy(path, target.runtime, "npu", options.threads, subset))
                 reference = torch_accuracy(net, subset)
-                row["delta_nme_io"] = round(row["nme_io"] - reference["nme_io"], 4)
-                row["accuracy_source"] = f"QNN HTP emulator on x86 ({soc}), {row['faces']} faces; PyTorch on the same faces {reference['nme_io']:.3f}%"
-            row["npu_offload"] = f"{report.get('npu_nodes')}/{report.get('nodes')} nodes" if report else None
+                row.delta_nme_io = round(row.nme_io - reference["nme_io"], 4)
+                row.accuracy_source = f"QNN HTP emulator on x86 ({soc}), {row.faces} faces; PyTorch on the same faces {reference['nme_io']:.3f}%"
+            row.npu_offload = f"{report.get('npu_nodes')}/{report.get('nodes')} nodes" if report else None
         else:
             if faces is not None:
                 log(f"{target.label} {path.name}: accuracy of its int8 graph on {faces.folder.name} (LiteRT, this CPU)")
                 row.update(artifact_accuracy(path, target.runtime, "cpu", options.threads, faces))
-                row["accuracy_source"] = "the same int8 graph on this CPU (LiteRT)"
+                row.accuracy_source = "the same int8 graph on this CPU (LiteRT)"
             if not isinstance(report.get("estimated_ms"), (int, float)):
                 raise BenchError(f"{path.name}: its sidecar has no Vela report (export it with --device {target.device})")
-            row["latency_ms_p50"] = round(float(report["estimated_ms"]), 3)
-            row["fps"] = round(1000.0 / report["estimated_ms"], 1) if report["estimated_ms"] > 0 else None
-            row["latency_source"] = f"vela estimate ({report.get('system_config')}, {report.get('clock_mhz', 0):.0f} MHz)"
-            row["npu_offload"] = f"{report.get('npu_op_share', 0):.0%} of ops; SRAM {report.get('sram_kib', 0):.0f} KiB"
+            row.latency_ms_p50 = round(float(report["estimated_ms"]), 3)
+            row.fps = round(1000.0 / report["estimated_ms"], 1) if report["estimated_ms"] > 0 else None
+            row.latency_source = f"vela estimate ({report.get('system_config')}, {report.get('clock_mhz', 0):.0f} MHz)"
+            row.npu_offload = f"{report.get('npu_op_share', 0):.0%} of ops; SRAM {report.get('sram_kib', 0):.0f} KiB"
         if faces is None:  # without data, the exporter's own parity verdict decides, as for every other artifact
             _apply_sidecar_verdict(row, path)
     except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
-        _fail(row, _reason(exc))
+        row.fail(_reason(exc))
     return row
 
 
 def _torch_row(
     model: str, name: str, net: Any, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log
-) -> dict[str, Any]:
+) -> BenchRow:
     row = new_row(name, target, path=model)
     try:
         if target.device != "cpu":
             import torch
 
             if target.device != "gpu" or not torch.cuda.is_available():
-                return _fail(row, f"no {target.device} device for PyTorch here", STATUS_DEVICE_ABSENT)
+                return row.fail(f"no {target.device} device for PyTorch here", Status.DEVICE_ABSENT)
         if faces is not None:
             log(f"{target.label} {name}: accuracy on {faces.folder.name}")
             row.update(torch_accuracy(net, faces))
         log(f"{target.label} {name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
         _merge_timing(row, timed_row(model, target, options))
-        row["latency_source"] = "timed here"
+        row.latency_source = "timed here"
     except Exception as exc:  # noqa: BLE001
-        _fail(row, _reason(exc))
+        row.fail(_reason(exc))
     return row
 
 
@@ -510,16 +502,16 @@ def _device_absent(target: BenchTarget) -> str | None:
     return f"no {target.device} device for {target.runtime} here"
 
 
-def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log) -> list[dict[str, Any]]:
+def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log) -> list[BenchRow]:
     """Every target's row for one model (export as needed)."""
     from ..export.exporter import resolve_model
 
     try:
         net, name, _ = resolve_model(model, trust=options.trust)
     except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its rows, not the others'
-        return [_fail(new_row(model, t), _reason(exc)) for t in options.targets]
+        return [new_row(model, t).fail(_reason(exc)) for t in options.targets]
 
-    rows: dict[BenchTarget, dict[str, Any]] = {}
+    rows: dict[BenchTarget, BenchRow] = {}
     exportable = []
     for t in options.targets:
         if t.is_torch:
@@ -527,10 +519,10 @@ def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log
         try:
             absent = _device_absent(t)
         except Exception as exc:  # noqa: BLE001 - e.g. the backend is not installed
-            rows[t] = _fail(new_row(name, t), _reason(exc))
+            rows[t] = new_row(name, t).fail(_reason(exc))
             continue
         if absent:
-            rows[t] = _fail(new_row(name, t), absent, STATUS_DEVICE_ABSENT)
+            rows[t] = new_row(name, t).fail(absent, Status.DEVICE_ABSENT)
         else:
             exportable.append(t)
     artifacts = export_artifacts(model, name, weights_digest(net), exportable, options, log) if exportable else {}
@@ -542,17 +534,17 @@ def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log
             continue
         got = artifacts[t]
         if isinstance(got, BaseException):
-            rows[t] = _fail(new_row(name, t), f"export: {_reason(got)}")
+            rows[t] = new_row(name, t).fail(f"export: {_reason(got)}")
         elif t.npu_export is not None:
             rows[t] = _npu_row(got, name, net, t, options, faces, log)
         else:
             rows[t] = _artifact_row(got, name, t, options, faces, log)
     for row in rows.values():
-        row["source"] = model  # the registry name or checkpoint the row was made from, for the compression report
+        row.source = model  # the registry name or checkpoint the row was made from, for the compression report
     return [rows[t] for t in options.targets]
 
 
-def bench_artifact(path: str, options: BenchOptions, faces: Faces | None, log: Log) -> dict[str, Any]:
+def bench_artifact(path: str, options: BenchOptions, faces: Faces | None, log: Log) -> BenchRow:
     """The row of an existing artifact (runtime by suffix, precision and model from its contract)."""
     from ..runtime.backends import choose_backend
     from ..runtime.session import read_contract
@@ -564,47 +556,45 @@ def bench_artifact(path: str, options: BenchOptions, faces: Faces | None, log: L
             raise BenchError(f"{p}: no such file")
         contract = read_contract(p)
     except Exception as exc:  # noqa: BLE001
-        row = new_row(p.name, BenchTarget(TORCH), path=str(p))
-        row.update(target=None, precision=None)
-        return _fail(row, _reason(exc))
+        return BenchRow(model=p.name, device="cpu", path=str(p)).fail(_reason(exc))  # no runtime, no precision known
     return _artifact_row(p, contract.model or p.stem, BenchTarget(runtime, contract.precision, "cpu"), options, faces, log)
 
 
-def add_speedups(rows: list[dict[str, Any]]) -> None:
+def add_speedups(rows: list[BenchRow]) -> None:
     """Speed-up of each row against its model's PyTorch eager fp32 CPU row (p50 / p50)."""
     base = {
-        r["model"]: r["latency_ms_p50"]
+        r.model: r.latency_ms_p50
         for r in rows
-        if r["target"] == TORCH and r["device"] == "cpu" and r["status"] == STATUS_PASSED and r["latency_ms_p50"]
+        if r.target == TORCH and r.device == "cpu" and r.status is Status.PASSED and r.latency_ms_p50
     }
     for r in rows:
-        b = base.get(r["model"])
-        timed = r.get("latency_source") in (None, "timed here")  # an NPU compiler's estimate is not comparable
-        r["speedup"] = round(b / r["latency_ms_p50"], 3) if b and r.get("latency_ms_p50") and timed else None
+        b = base.get(r.model)
+        timed = r.latency_source in (None, "timed here")  # an NPU compiler's estimate is not comparable
+        r.speedup = round(b / r.latency_ms_p50, 3) if b and r.latency_ms_p50 and timed else None
 
 
-def check_accuracy(rows: list[dict[str, Any]]) -> None:
+def check_accuracy(rows: list[BenchRow]) -> None:
     """Mark artifacts whose NME io is worse than their model's PyTorch row by more than the export tolerance."""
     from ..export.parity import TOLERANCES
 
-    base = {r["model"]: r for r in rows if r["target"] == TORCH and r["status"] == STATUS_PASSED and r.get("nme_io") is not None}
+    base = {r.model: r for r in rows if r.target == TORCH and r.status is Status.PASSED and r.nme_io is not None}
     for r in rows:
-        ref = base.get(r["model"])
-        if r["target"] == TORCH or ref is None or r["status"] != STATUS_PASSED or r.get("nme_io") is None:
+        ref = base.get(r.model)  # type: ignore[arg-type]
+        if r.target == TORCH or ref is None or r.status is not Status.PASSED or r.nme_io is None:
             continue
-        if r.get("faces") != ref.get("faces"):
-            if r.get("delta_nme_io") is None:
+        if r.faces != ref.faces:
+            if r.delta_nme_io is None:
                 continue
-            delta = r["delta_nme_io"]  # measured against PyTorch on the row's own faces (the QNN emulator's subset)
+            delta = r.delta_nme_io  # measured against PyTorch on the row's own faces (the QNN emulator's subset)
         else:
-            delta = r["nme_io"] - ref["nme_io"]
-        r["delta_nme_io"] = round(delta, 4)
-        tol = TOLERANCES.get(r["precision"])
+            delta = r.nme_io - ref.nme_io  # type: ignore[operator]
+        r.delta_nme_io = round(delta, 4)
+        tol = TOLERANCES.get(r.precision)  # type: ignore[arg-type]
         if tol is not None and abs(delta) > tol:
-            _fail(r, f"ΔNME io {delta:+.3f} pp vs PyTorch > {tol} pp ({r['precision']} tolerance)", STATUS_FAILED_ACCURACY)
+            r.fail(f"ΔNME io {delta:+.3f} pp vs PyTorch > {tol} pp ({r.precision} tolerance)", Status.FAILED_ACCURACY)
 
 
-def run_bench(options: BenchOptions, log: Log | None = None) -> list[dict[str, Any]]:
+def run_bench(options: BenchOptions, log: Log | None = None) -> list[BenchRow]:
     """Every row of the benchmark, in the order asked (models x targets, then artifacts)."""
     say = log or (lambda msg: None)
     if options.data is not None and not Path(options.data).is_dir():
@@ -626,13 +616,13 @@ def run_bench(options: BenchOptions, log: Log | None = None) -> list[dict[str, A
         read_folder(options.data)  # a one-line DataError now (a bad image or .pts included) rather than one per row later
     faces = Faces(Path(options.data), options.faces) if options.data is not None else None
 
-    rows: list[dict[str, Any]] = []
+    rows: list[BenchRow] = []
     for model in options.models:
         rows += bench_model(model, options, faces, say)
     artifact_rows = [bench_artifact(a, options, faces, say) for a in options.artifacts]
     if options.baseline:
-        have = {r["model"] for r in rows if r["target"] == TORCH}
-        for name in dict.fromkeys(r["model"] for r in artifact_rows if r["target"] and r["status"] != STATUS_FAILED):
+        have = {r.model for r in rows if r.target == TORCH}
+        for name in dict.fromkeys(r.model for r in artifact_rows if r.target and r.status is not Status.FAILED):
             if name not in have and _registry_name(name):
                 rows += bench_model_torch_only(name, options, faces, say)
     rows += artifact_rows
@@ -651,7 +641,7 @@ def _registry_name(name: str) -> bool:
         return False
 
 
-def bench_model_torch_only(model: str, options: BenchOptions, faces: Faces | None, log: Log) -> list[dict[str, Any]]:
+def bench_model_torch_only(model: str, options: BenchOptions, faces: Faces | None, log: Log) -> list[BenchRow]:
     """The PyTorch baseline row of an artifact's model, when that model is in the registry."""
     from dataclasses import replace
 

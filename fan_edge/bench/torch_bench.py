@@ -19,24 +19,16 @@ import json
 import platform
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from ..errors import FanEdgeError, first_line
 from ..limits import MAX_THREADS, threads_arg
-from ..runtime.bench import (
-    STATUS_DEVICE_ABSENT,
-    STATUS_FAILED,
-    STATUS_PASSED,
-    DeviceAbsent,
-    current_rss_mb,
-    failed_row,
-    peak_rss_mb,
-)
+from ..rows import BenchRow, Status
+from ..runtime.bench import DeviceAbsent, current_rss_mb, failed_row, peak_rss_mb
 
 
 def time_torch(
     model: str, threads: int = 2, runs: int = 100, warmup: int = 10, device: str = "cpu", trust: bool = False
-) -> dict[str, Any]:
+) -> BenchRow:
     """One fan-bench row for PyTorch eager fp32 (accuracy and speed-up left null)."""
     base = current_rss_mb()
     import torch
@@ -51,33 +43,24 @@ def time_torch(
     net, name, _ = resolve_model(model, trust=trust)
     size = net.config.input_size
     latency = torch_latency(net, size, threads=threads, runs=runs, warmup=warmup)
-    return {
-        "model": name,
-        "target": "torch",
-        "precision": "fp32",
-        "device": device,
-        "status": STATUS_PASSED,
+    return BenchRow(
+        model=name,
+        target="torch",
+        precision="fp32",
+        device=device,
+        status=Status.PASSED,
         # What the eager model weighs: its state dict (weights and BatchNorm statistics) in fp32.
-        "size_mb": round(sum(t.numel() * t.element_size() for t in net.state_dict().values()) / 1e6, 3),
-        "nme_io": None,
-        "nme_box": None,
-        "auc7": None,
-        "fr7": None,
-        "latency_ms_p50": round(latency.p50_ms, 3),
-        "latency_ms_p90": round(latency.p90_ms, 3),
-        "fps": round(1000.0 / latency.p50_ms, 2) if latency.p50_ms > 0 else None,
-        "speedup": None,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "base_rss_mb": None if base is None else round(base, 1),
-        "threads": threads,
-        "runs": runs,
-        "warmup": warmup,
-        "batch": 1,
-        "input_size": size,
-        "torch": torch.__version__,
-        "host": platform.node(),
-        "machine": platform.machine(),
-    }
+        size_mb=round(sum(t.numel() * t.element_size() for t in net.state_dict().values()) / 1e6, 3),
+        latency_ms_p50=round(latency.p50_ms, 3),
+        latency_ms_p90=round(latency.p90_ms, 3),
+        fps=round(1000.0 / latency.p50_ms, 2) if latency.p50_ms > 0 else None,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        base_rss_mb=None if base is None else round(base, 1),
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        more={"batch": 1, "input_size": size, "torch": torch.__version__, "host": platform.node(), "machine": platform.machine()},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,11 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         row, code = time_torch(args.model, args.threads, args.runs, args.warmup, args.device, args.trust), 0
     except DeviceAbsent as exc:
         row, code = (
-            failed_row(args.model, str(exc), STATUS_DEVICE_ABSENT, target="torch", precision="fp32", device=args.device),
+            failed_row(args.model, str(exc), Status.DEVICE_ABSENT, target="torch", precision="fp32", device=args.device),
             3,
         )
     except FanEdgeError as exc:
-        row, code = failed_row(args.model, str(exc), STATUS_FAILED, target="torch", precision="fp32", device=args.device), 1
+        row, code = failed_row(args.model, str(exc), Status.FAILED, target="torch", precision="fp32", device=args.device), 1
     except Exception as exc:  # reported as the row's one-line reason, never a traceback
         row, code = (
             failed_row(
@@ -109,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             1,
         )
     if args.json:
-        print(json.dumps(row))
+        print(json.dumps(row.to_dict()))
     elif code == 0:
         print(
             f"{row['model']} torch fp32: p50 {row['latency_ms_p50']:.2f} ms, p90 {row['latency_ms_p90']:.2f} ms, peak RSS {row['peak_rss_mb']:.0f} MB"

@@ -7,6 +7,7 @@ Importing this package needs torch; the artifacts it writes do not.
 """
 
 from .exporter import TARGETS, ExportResult, Target, export_model, format_table
+from .int8 import Int8Recipe
 from .parity import DECODE_TOLERANCE_PX, TOLERANCES, ParityReport, verify_artifact
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "TARGETS",
     "TOLERANCES",
     "ExportResult",
+    "Int8Recipe",
     "ParityReport",
     "Target",
     "export_model",

@@ -19,7 +19,7 @@
 
 Prediction needs macOS (Core ML itself): on other systems the export is
 checked by loading its spec back (inputs, outputs, shapes, metadata), and the
-parity status says "exported; prediction needs macOS". The package is built
+status is "not verified" with the reason "prediction needs macOS". The package is built
 whole in the staging folder and moved into place as one folder
 (:mod:`fan_edge.export.staging`).
 """
@@ -32,6 +32,7 @@ from typing import Any
 from ..errors import ExportError, first_line
 from ..runtime.contract import METADATA_KEY, OUTPUT_ROLES, ModelContract
 from .descriptions import describe
+from .int8 import Int8Recipe
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME, INPUT_NAME
 from .quiet import silenced_native_output
@@ -69,12 +70,14 @@ def _convert(module: Any, example: Any, input_name: str, output_names: list[str]
         raise ExportError(f"coremltools could not convert the model: {first_line(exc, with_type=True)}") from exc
 
 
-def quantize_weights_int8(model):
-    """Convolution weights to int8 (symmetric, per output channel); activations keep the model's precision."""
+def quantize_weights_int8(model, recipe: Int8Recipe | None = None):
+    """Convolution weights to int8 (symmetric, per output channel, or per tensor where the export's ``recipe`` says
+    so); activations keep the model's precision (the rest of the recipe is for calibrated targets)."""
     import coremltools.optimize.coreml as cto
 
+    granularity = "per_channel" if (recipe or Int8Recipe()).per_channel else "per_tensor"
     config = cto.OptimizationConfig(
-        op_type_configs={"conv": cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")}
+        op_type_configs={"conv": cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity=granularity)}
     )
     with silenced_native_output():
         return cto.linear_quantize_weights(model, config=config)
@@ -92,9 +95,9 @@ def build_coreml(job: ExportJob):
     example = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0))
     model = _convert(job.model, example, INPUT_NAME, [HEATMAPS_NAME], fp16=job.precision in ("fp16", "int8"))
     if job.precision == "int8":
-        model = quantize_weights_int8(model)
+        model = quantize_weights_int8(model, job.int8)
     if job.outputs == "landmarks":
-        head = LandmarkHead(cfg.input_size, cfg.heatmap_size, cfg.refine)
+        head = LandmarkHead(cfg.input_size, cfg.heatmap_size, job.contract.refine)
         hm = torch.rand(1, cfg.num_landmarks, cfg.heatmap_size, cfg.heatmap_size, generator=torch.Generator().manual_seed(0))
         head_model = _convert(head, hm, HEATMAPS_NAME, list(job.contract.output_names), fp16=False)
         with silenced_native_output():

@@ -14,7 +14,9 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import os
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,9 +27,11 @@ from ..atomic import check_writable, output_lock
 from ..calibration import FaceCrops, calibration_faces
 from ..errors import ExportError
 from ..runtime.cache import cache_hint, in_cache
+from ..rows import Status
 from ..runtime.contract import OUTPUT_KINDS, PRECISIONS, ModelContract, sidecar_path
 from .staging import Staging, check_replaceable
 from .devices import check_combination, resolve_device
+from .int8 import DEFAULT_CALIB_FACES, Int8Recipe
 from .job import ExportJob
 from .metadata import build_contract
 from .parity import TOLERANCES, ParityReport, verify_artifact
@@ -50,8 +54,8 @@ class Target:
     packages: tuple[str, ...]  # import names the exporter needs
     extra: str  # pip extra that installs them
     backend: str | None  # runtime backend that runs the artifact (for the parity report)
-    # Status of an artifact that no backend here can run (backend None): the parity check is skipped, not failed.
-    unverified: str = "not verified"
+    # Why an artifact that no backend here can run (backend None) is "not verified": the check is skipped, not failed.
+    unverified: str = "no backend here runs it"
     int8_needs_calibration: bool = True  # False where int8 quantizes weights only (Core ML)
     companions: tuple[str, ...] = ()  # suffixes of the files written beside the artifact (OpenVINO's weights)
     folder: bool = False  # the artifact is a folder (Core ML's .mlpackage)
@@ -73,7 +77,7 @@ TARGETS: dict[str, Target] = {
     # An .mlpackage is a folder; Core ML runs only on Apple platforms, so its parity check cannot run here.
     "coreml": Target(
         "coreml", "Core ML", ".mlpackage", "fan_edge.export.coreml_export:export_coreml", PRECISIONS,
-        ("coremltools",), "coreml", None, unverified="exported; prediction needs macOS", int8_needs_calibration=False,
+        ("coremltools",), "coreml", None, unverified="prediction needs macOS", int8_needs_calibration=False,
         folder=True,
     ),
 }
@@ -81,16 +85,24 @@ TARGETS: dict[str, Target] = {
 
 @dataclass
 class ExportResult:
+    """One exported artifact: a row of fan-export's table and of its JSON (``{"exports": [...]}``)."""
+
     target: str
     precision: str
     outputs: str
     path: Path
     files: list[Path]
     seconds: float
-    status: str  # "ok", "failed accuracy", "not verified", or the target's ``unverified`` status (Core ML)
+    # PASSED or FAILED_ACCURACY after the parity check, NOT_VERIFIED without one (``reason`` says why, where a
+    # backend is missing rather than the check turned off: Core ML). The sidecar's ``verification.status`` says the same.
+    status: Status
     parity: ParityReport | None = None
     contract: ModelContract | None = field(default=None, repr=False)
     npu: dict[str, Any] | None = None  # the device compiler's report (fan_edge.export.devices)
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
 
     @property
     def size_mb(self) -> float:
@@ -106,14 +118,16 @@ class ExportResult:
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed accuracy"
+        """Whether the artifact may be used as it is (fan-export exits 1 otherwise)."""
+        return self.status.usable
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "precision": self.precision,
             "outputs": self.outputs,
-            "status": self.status,
+            "status": self.status.value,
+            "reason": self.reason,
             "path": str(self.path),
             "files": [str(f) for f in self.files],
             "size_mb": round(self.size_mb, 3),
@@ -195,13 +209,6 @@ def resolve_model(model: Any, trust: bool = False, input_size: int | None = None
     return net.eval(), name, card
 
 
-def recipe_activation_bits(card: dict[str, Any], family: str) -> int:
-    """The int8 activation bits a model card prescribes for a device family ("cpu", "qnn"), from its measurements."""
-    hint = (card.get("export") or {}).get("int8_activations") if isinstance(card.get("export"), dict) else None
-    bits = hint.get(family, 8) if isinstance(hint, dict) else 8
-    return bits if bits in (8, 16) else 8
-
-
 def default_output(name: str, target: Target, precision: str, outputs: str, folder: Path | None = None) -> Path:
     stem = f"{name}-{precision}" + ("-landmarks" if outputs == "landmarks" else "")
     return (folder or Path.cwd()) / f"{stem}{target.suffix}"
@@ -271,7 +278,7 @@ def export_model(
     outputs: str = "heatmaps",
     output: str | Path | None = None,
     calib: str | Path | None = None,
-    calib_faces: int = 128,
+    calib_faces: int = DEFAULT_CALIB_FACES,
     input_size: int | None = None,
     verify: str | Path | bool | None = None,
     verify_faces: int | None = None,
@@ -283,25 +290,30 @@ def export_model(
     int8_activations: int | None = None,
     device: str | None = None,
     soc: str | None = None,
+    int8: Int8Recipe | None = None,
 ) -> list[ExportResult]:
     """Export ``model`` to every ``target`` x ``precision`` and check each against PyTorch.
 
     ``verify_faces``: faces of the parity check (None: 64, or 8 for an NPU checked on an emulator).
-    ``verify``: None picks the calibration folder, else ``../shared/data/300w/afw``
-    when present (else an error asking for a folder or ``verify=False``); a
-    path names the folder; False skips the check. An artifact that fails the
+    ``verify``: None picks the calibration folder (else an error asking for a
+    folder or ``verify=False``; ``fan-export`` passes its own default, the
+    checkout's AFW faces); a path names the folder; False skips the check. An artifact that fails the
     check is kept, its status (and its sidecar's ``verification``) says
     "failed accuracy"; callers decide the exit code (``fan-export`` exits 1).
 
-    int8 (:mod:`fan_edge.export.int8`): ``int8_float`` (PyTorch module-name
-    patterns) replaces the layers each target's recipe keeps float. A
-    checkpoint written by ``fan-quantize --qat`` is quantized like any other:
-    every target's own calibrated recipe places the quantizers better than
-    NNCF's trained ones (docs/quantization.md); QAT's gain is in the weights.
-
-    ``int8_activations``: 16 gives ONNX int8 16-bit activations with int8 weights (W8A16, which Qualcomm's NPU
-    runs natively), for a model whose 8-bit activations fail the tolerance (docs/npu.md); None takes what the
-    model card measured for the device (``export.int8_activations``), else 8.
+    int8: one :class:`~fan_edge.export.int8.Int8Recipe` for every target,
+    given whole as ``int8``, or built here from ``calib`` (calibration faces,
+    also the default ``verify`` folder), ``calib_faces``, ``int8_float``
+    (PyTorch module-name patterns replacing the layers each target's recipe
+    keeps float) and ``int8_activations`` (16: ONNX int8 with 16-bit
+    activations and int8 weights, W8A16, which Qualcomm's NPU runs natively,
+    for a model whose 8-bit activations fail the tolerance, docs/npu.md;
+    None: what the model card measured for the device,
+    ``export.int8_activations``, else 8). Each int8 artifact's contract
+    records the recipe it followed (``extra["int8"]``). A checkpoint written
+    by ``fan-quantize --qat`` is quantized like any other: every target's own
+    calibrated recipe places the quantizers better than NNCF's trained ones
+    (docs/quantization.md); QAT's gain is in the weights.
     ``device`` (:mod:`fan_edge.export.devices`): an NPU to compile the artifact
     for (``npu`` with ``soc`` for Qualcomm, ``ethos-u55-128`` etc. for Arm);
     it fixes the batch, and its compiled files and report join the artifact.
@@ -314,10 +326,13 @@ def export_model(
     combos = [(t, p) for t in targets for p in precisions]
     for t, p in combos:
         _check_target(t, p)
-    if int8_activations not in (None, 8, 16):
-        raise ExportError(f"int8 activations are 8 or 16 bits, got {int8_activations!r}")
-    if int8_activations == 16 and any(t.name != "onnx" or p != "int8" for t, p in combos):
-        raise ExportError("16-bit activations (W8A16) are an ONNX int8 option: --target onnx --precision int8")
+    if int8 is None:
+        int8 = Int8Recipe.from_options(calib=calib, calib_faces=calib_faces, int8_float=int8_float,
+                                       int8_activations=int8_activations)
+    elif calib is not None or calib_faces != DEFAULT_CALIB_FACES or int8_float is not None or int8_activations is not None:
+        raise ExportError("give the int8 options either as int8=Int8Recipe(...) or as calib, calib_faces, int8_float "
+                          "and int8_activations, not both")
+    calib = int8.calib
     npu = resolve_device(device, soc)
     if npu is not None:
         for t, p in combos:
@@ -335,15 +350,17 @@ def export_model(
     if not any(t.backend for t in targets):
         pass  # nothing here can run these artifacts (Core ML): their status says so, no faces needed
     elif verify is None or verify is True:
-        verify_dir = Path(calib) if calib is not None else default_verify_dir()
+        verify_dir = Path(calib) if calib is not None else None
         if verify_dir is None:
             raise ExportError("no faces to verify the export on: pass --verify DIR (images with .pts), or --no-verify")
     elif verify is not False:
         verify_dir = Path(verify)
 
-    if calib is None and any(p == "int8" and t.int8_needs_calibration for t, p in combos):
-        raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
+    for t, p in combos:
+        int8.check(t.name, p, needs_calibration=t.int8_needs_calibration)
     _precheck_output(output, combos)  # before the model loads: a wrong path costs a second, not an export
+    early = say if _on_terminal() else (lambda msg: None)  # before the outputs are locked: a refusal stays one line
+    early(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     net, name, card = resolve_model(model, trust, input_size)
     paths = _outputs_for(output, combos, name + (npu.file_tag if npu is not None else ""), outputs)
     check_outputs(paths, [t for t, _ in combos])
@@ -352,28 +369,33 @@ def export_model(
         # may export the same model, a second one waits instead).
         for out in paths:
             locks.enter_context(output_lock(out, "fan-export", wait=in_cache(out)))
-        return _export_all(net, name, card, combos, paths, outputs=outputs, calib=calib, calib_faces=calib_faces,
-                           verify=verify, verify_dir=verify_dir, verify_faces=verify_faces, tolerances=tolerances,
-                           say=say, int8_float=int8_float, batch=batch, int8_activations=int8_activations, npu=npu)
+        return _export_all(net, name, card, combos, paths, outputs=outputs, int8=int8, verify=verify,
+                           verify_dir=verify_dir, verify_faces=verify_faces, tolerances=tolerances, say=say, batch=batch,
+                           npu=npu)
+
+
+def _on_terminal() -> bool:
+    """Whether the steps before the first "exporting" line are announced: on a terminal (as progress bars are),
+    unless FAN_EDGE_NO_PROGRESS=1. In a pipe or a log, a refusal there (a locked output, bad calibration faces)
+    stays the one line it is."""
+    return sys.stderr.isatty() and os.environ.get("FAN_EDGE_NO_PROGRESS") != "1"
 
 
 def _export_all(net: Any, name: str, card: dict[str, Any], combos: list[tuple[Target, str]], paths: list[Path], *,
-                outputs: str, calib: str | Path | None, calib_faces: int, verify: Any, verify_dir: Path | None,
-                verify_faces: int | None, tolerances: dict[str, float] | None, say: Any,
-                int8_float: Sequence[str] | None, batch: int | None, int8_activations: int | None,
-                npu: Any) -> list[ExportResult]:
+                outputs: str, int8: Int8Recipe, verify: Any, verify_dir: Path | None, verify_faces: int | None,
+                tolerances: dict[str, float] | None, say: Any, batch: int | None, npu: Any) -> list[ExportResult]:
     """The slow part of :func:`export_model`, its outputs checked and locked: each artifact is written, its sidecar
     staged beside it, the staged pair verified, and the pair committed as one unit (never a verification of
     files that another run may have replaced since)."""
-    if int8_activations is None:  # the weights' own measured recipe for this device, else 8
-        int8_activations = recipe_activation_bits(card, npu.family if npu is not None else "cpu")
     cfg = net.config
     calibration = None
-    if calib is not None and any(p == "int8" and t.int8_needs_calibration for t, p in combos):
-        calibration = calibration_faces(calib, cfg.input_size, cfg.crop, count=calib_faces, seed=0)
+    if int8.calib is not None and any(p == "int8" and t.int8_needs_calibration for t, p in combos):
+        if _on_terminal():  # before the first "exporting" line: see _on_terminal
+            say(f"calibrating int8 on {int8.calib_faces} faces of {int8.calib}")
+        calibration = calibration_faces(int8.calib, cfg.input_size, net.weights.crop, count=int8.calib_faces, seed=0)
     if verify_faces is None:  # 64, or fewer where the check runs on an emulator (seconds per face)
         verify_faces = npu.parity_faces if npu is not None and npu.parity_faces is not None else DEFAULT_VERIFY_FACES
-    faces = FaceCrops(verify_dir, cfg.input_size, cfg.crop, count=verify_faces, seed=1) if verify_dir is not None else None
+    faces = FaceCrops(verify_dir, cfg.input_size, net.weights.crop, count=verify_faces, seed=1) if verify_dir is not None else None
 
     shared: dict[str, Any] = {}
     results = []
@@ -383,40 +405,46 @@ def _export_all(net: Any, name: str, card: dict[str, Any], combos: list[tuple[Ta
         contract = build_contract(net, model_name=name, card=card, target=t.name, precision=p, outputs=outputs).replace(batch=batch)
         if npu is not None:
             contract = contract.replace(extra={**contract.extra, **npu.contract_extra()})
-        if int8_activations != 8:
-            contract = contract.replace(extra={**contract.extra, "int8_activations": int8_activations})
+        recipe = None
+        if p == "int8":  # the recipe as this target follows it (the model card's activation bits for the device)
+            recipe = int8.for_target(t.name, card, npu.family if npu is not None else "cpu")
+            record = recipe.record(t.name, weights_only=not t.int8_needs_calibration)
+            contract = contract.replace(extra={**contract.extra, "int8": record})
         sidecar = sidecar_path(out)
         compiled = None
         with Staging(out) as staging:
-            job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared,
-                            int8_float=None if int8_float is None else tuple(int8_float), batch=batch,
-                            int8_activations=int8_activations)
+            job = ExportJob(net, t.name, p, outputs, out, contract, staging, calibration, shared, int8=recipe, batch=batch)
             files = list(_exporter(t)(job))
             contract = job.contract  # the target may have refined it (layout, I/O quantization)
             if npu is not None:
                 say(f"compiling {out.name} for {npu.name}" + (f" ({npu.soc})" if npu.soc else ""))
                 compiled = npu.compile(staging.path(out))
                 files = [out.parent / n for n in compiled.names] + files
-            side = contract if compiled is None else contract.replace(verification={"status": "not verified", "npu": compiled.report})
+            side = contract if compiled is None else contract.replace(
+                verification={"status": Status.NOT_VERIFIED.value, "npu": compiled.report})
             staged_sidecar = staging.path(sidecar)
             staged_sidecar.write_text(side.to_json(indent=2) + "\n")
             seconds = time.perf_counter() - started
-            result = ExportResult(t.name, p, outputs, out, [*files, sidecar], seconds, "not verified", contract=side)
+            result = ExportResult(t.name, p, outputs, out, [*files, sidecar], seconds, Status.NOT_VERIFIED, contract=side)
             result.npu = compiled.report if compiled is not None else None
             npu_entry = {"npu": compiled.report} if compiled is not None else {}
             if t.backend is None and verify is not False:
-                result.status = t.unverified
-                result.contract = contract.replace(verification={"status": result.status, **npu_entry})
+                result.reason = t.unverified
+                result.contract = contract.replace(
+                    verification={"status": result.status.value, "reason": result.reason, **npu_entry})
             elif faces is not None:
                 tol = (tolerances or TOLERANCES)[p]
                 if npu is not None and npu.parity_device != "cpu":
                     say(f"verifying {out.name} on the {npu.name} ({npu.soc}) emulator: {len(faces)} faces, seconds each")
+                else:
+                    say(f"verifying {out.name} against PyTorch on {len(faces)} faces of {verify_dir}")
                 # The staged files: what this run wrote, whatever happens to the final names meanwhile.
                 report = verify_artifact(staging.path(out), net, faces, p, backend=t.backend or "auto", tolerance=tol,
                                          device=npu.parity_device if npu is not None else "auto")
                 result.parity = report
-                result.status = "ok" if report.passed else "failed accuracy"
-                result.contract = contract.replace(verification={"status": result.status, **report.to_dict(), **npu_entry})
+                result.status = Status.PASSED if report.passed else Status.FAILED_ACCURACY
+                result.contract = contract.replace(
+                    verification={"status": result.status.value, **report.to_dict(), **npu_entry})
             if result.contract is not side:
                 staged_sidecar.write_text(result.contract.to_json(indent=2) + "\n")
             staging.commit(files + [sidecar])
@@ -435,7 +463,7 @@ _COLUMNS = [
     ("Format", lambda r: TARGETS[r.target].title),
     ("Precision", lambda r: r.precision),
     ("Outputs", lambda r: r.outputs),
-    ("Status", lambda r: r.status),
+    ("Status", lambda r: f"{r.status} ({r.reason})" if r.reason else str(r.status)),
     ("Size (MB)", lambda r: f"{r.size_mb:.2f}"),
     ("NME torch %", lambda r: _num(r.parity and r.parity.nme_torch, 3)),
     ("NME export %", lambda r: _num(r.parity and r.parity.nme_export, 3)),

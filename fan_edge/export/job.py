@@ -8,6 +8,7 @@ from typing import Any
 
 from ..calibration import FaceCrops
 from ..runtime.contract import ModelContract
+from .int8 import Int8Recipe
 from .staging import Staging
 
 
@@ -37,10 +38,9 @@ class ExportJob:
     staging: Staging
     calibration: FaceCrops | None = None
     shared: dict[str, Any] = field(default_factory=dict)
-    # int8 only (fan_edge.export.int8): layer patterns kept float (None: the target's recipe).
-    int8_float: tuple[str, ...] | None = None
-    # int8 only: bits of the activations (8, or 16 with int8 weights where the target has it: ONNX's W8A16).
-    int8_activations: int = 8
+    # int8 only: the recipe this target follows (fan_edge.export.int8.Int8Recipe, every choice made: activation bits,
+    # per-channel weights, range method, layers kept float, VNNI safety); None: the recipe's defaults.
+    int8: Int8Recipe | None = None
     # None: a dynamic batch axis where the target allows one; else that batch, static in every tensor (NPU compilers
     # reject anything else). Targets that are always static (TFLite: 1) refuse another value.
     batch: int | None = None

@@ -42,16 +42,17 @@ def _short_scalar(value: Any) -> bool:
 
 
 def build_contract(model: Any, *, model_name: str, card: dict[str, Any], target: str, precision: str, outputs: str) -> ModelContract:
-    """The contract of exporting ``model`` (a FAN) to ``target`` at ``precision`` with ``outputs``."""
+    """The contract of exporting ``model`` (a FAN) to ``target`` at ``precision`` with ``outputs``: its architecture,
+    and the crop and refinement of its weights (``model.weights``)."""
     cfg = model.config
     k = cfg.num_landmarks
     return ModelContract(
         input_size=cfg.input_size,
         heatmap_size=cfg.heatmap_size,
         outputs=outputs,
-        refine=cfg.refine,
+        refine=model.weights.refine,
         num_landmarks=k,
-        crop=cfg.crop,
+        crop=model.weights.crop,
         layout="NCHW",
         channel_order="RGB",
         value_range=(0.0, 1.0),

@@ -34,7 +34,7 @@ from typing import Any
 from ..errors import ExportError
 from ..runtime.contract import METADATA_KEY, OUTPUT_ROLES, ModelContract
 from .descriptions import describe, numeric_version
-from .int8 import float_layers, is_float_conv_weight
+from .int8 import Int8Recipe, float_layers, is_float_conv_weight
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME, INPUT_NAME
 from .quiet import quiet_exporters
@@ -107,11 +107,11 @@ def fp32_head(job: ExportJob):
     from .landmarks import LandmarkHead
 
     cfg = job.model.config
-    head = LandmarkHead(cfg.input_size, cfg.heatmap_size, cfg.refine).eval()
+    head = LandmarkHead(cfg.input_size, cfg.heatmap_size, job.contract.refine).eval()
     example = torch.rand(job.batch or 2, cfg.num_landmarks, cfg.heatmap_size, cfg.heatmap_size, generator=torch.Generator().manual_seed(0))
     names = list(job.contract.output_names)
     build = lambda: torch_to_onnx(head, example, HEATMAPS_NAME, names, dynamic_batch=job.batch is None)  # noqa: E731
-    return _cached(job, f"onnx.fp32_head.{cfg.refine}.{job.batch}", build)
+    return _cached(job, f"onnx.fp32_head.{job.contract.refine}.{job.batch}", build)
 
 
 def to_fp16(proto):
@@ -150,6 +150,12 @@ class OnnxInt8Recipe:
       256 px model lost 0.44 NME points at 8 bits and 0.05 at 16.
     - ``keep_float``: module-name patterns whose convolutions stay float
       (None: :data:`fan_edge.export.int8.FLOAT_LAYERS`).
+    - ``check_overflow``: refuse a graph whose uint8 x int8 sums could
+      saturate without VNNI (False with full-range weights: an artifact for
+      VNNI CPUs and NPUs only).
+
+    :func:`onnx_int8_recipe` makes it from the export's
+    :class:`~fan_edge.export.int8.Int8Recipe`.
     """
 
     activation_type: str = "QUInt8"
@@ -161,6 +167,7 @@ class OnnxInt8Recipe:
     keep_float: tuple[str, ...] | None = None
     whole_graph: bool = True
     batchnorm_as_depthwise: bool = True
+    check_overflow: bool = True
 
     def static_quant_config(self, proto, calibration):
         """ONNX Runtime's ``StaticQuantConfig`` for ``proto`` (the pre-processed float graph) and its faces."""
@@ -194,9 +201,24 @@ class OnnxInt8Recipe:
         )
 
 
+def onnx_int8_recipe(recipe: Int8Recipe | None = None) -> OnnxInt8Recipe:
+    """ONNX Runtime's form of the export's int8 ``recipe`` (None: its defaults): 16-bit activations are QUInt16
+    (no 16-bit sums to guard then), a VNNI-safe 8-bit recipe has 7-bit weights and its graph checked."""
+    recipe = recipe or Int8Recipe()
+    w8a16 = recipe.activation_bits == 16
+    return OnnxInt8Recipe(
+        activation_type="QUInt16" if w8a16 else "QUInt8",
+        reduce_range=recipe.vnni_safe and not w8a16,
+        per_channel=recipe.per_channel,
+        moving_average=recipe.method == "mean_minmax",
+        keep_float=recipe.keep_float,
+        check_overflow=recipe.vnni_safe,
+    )
+
+
 def to_int8(proto, calibration, workdir: Path, recipe: OnnxInt8Recipe | None = None):
     """Static QDQ quantization by ``recipe`` (default :class:`OnnxInt8Recipe`), refused if the result could
-    saturate 16-bit sums on a CPU without VNNI."""
+    saturate 16-bit sums on a CPU without VNNI (unless the recipe is for VNNI CPUs only)."""
     import onnx
     from onnxruntime.quantization import quantize
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -213,7 +235,8 @@ def to_int8(proto, calibration, workdir: Path, recipe: OnnxInt8Recipe | None = N
         config = recipe.static_quant_config(onnx.load(str(pre_path)), calibration)
         quantize(str(pre_path), str(out_path), config)
     quantized = onnx.load(str(out_path))
-    check_u8s8_overflow(quantized)
+    if recipe.check_overflow:
+        check_u8s8_overflow(quantized)
     return quantized
 
 
@@ -287,9 +310,8 @@ def build_onnx(job: ExportJob):
     """The final ModelProto of ``job`` (precision applied, head attached, contract embedded, checked)."""
     import onnx
 
-    recipe = OnnxInt8Recipe(keep_float=job.int8_float, **({"activation_type": "QUInt16", "reduce_range": False}
-                                                          if job.int8_activations == 16 else {}))
-    proto = fp32_backbone(job, batchnorm_as_depthwise=job.precision == "int8" and recipe.batchnorm_as_depthwise)
+    recipe = onnx_int8_recipe(job.int8) if job.precision == "int8" else None
+    proto = fp32_backbone(job, batchnorm_as_depthwise=recipe is not None and recipe.batchnorm_as_depthwise)
     if job.precision == "fp16":
         proto = to_fp16(proto)
     elif job.precision == "int8":

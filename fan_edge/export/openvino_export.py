@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..errors import ExportError
 from ..runtime.contract import RT_INFO_PATH
-from .int8 import float_layers, is_float_conv_weight
+from .int8 import Int8Recipe, is_float_conv_weight
 from .job import ExportJob
 from .metadata import HEATMAPS_NAME
 from .onnx_export import fp32_backbone, fp32_head
@@ -59,15 +59,18 @@ def _compress_fp16(model, workdir: Path):
     return ov.Core().read_model(str(path))
 
 
-def quantize_int8(model, calibration, keep_float: tuple[str, ...] | None = None):
-    """NNCF post-training int8 of an ov.Model (see the module docstring); ``keep_float`` overrides the recipe's layers."""
+def quantize_int8(model, calibration, recipe: Int8Recipe | None = None):
+    """NNCF post-training int8 of an ov.Model (see the module docstring) by the export's ``recipe`` (None: its
+    defaults): its layers kept float, per-channel or per-tensor weights, its range method."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     if calibration is None:
         raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
-    patterns = float_layers("openvino", keep_float)
+    recipe = recipe or Int8Recipe()
+    ranges = {"mean_minmax": RangeEstimatorParametersSet.MEAN_MINMAX}[recipe.method]
+    patterns = recipe.float_layers("openvino")
     excluded = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Convolution" and _float_conv(op, patterns)]
     with quiet_exporters():
         nncf.set_log_level(logging.ERROR)
@@ -78,11 +81,10 @@ def quantize_int8(model, calibration, keep_float: tuple[str, ...] | None = None)
             preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations: measured better than PERFORMANCE here
             ignored_scope=nncf.IgnoredScope(names=excluded) if excluded else None,
             advanced_parameters=AdvancedQuantizationParameters(
-                activations_range_estimator_params=RangeEstimatorParametersSet.MEAN_MINMAX,
+                activations_range_estimator_params=ranges,
+                weights_quantization_params=None if recipe.per_channel else QuantizationParameters(per_channel=False),
             ),
         )
-
-
 
 
 def _float_conv(op, patterns: tuple[str, ...]) -> bool:
@@ -111,7 +113,7 @@ def build_openvino(job: ExportJob, workdir: Path):
     if job.precision == "fp16":
         model = _compress_fp16(model, workdir)
     elif job.precision == "int8":
-        model = quantize_int8(model, job.calibration, job.int8_float)
+        model = quantize_int8(model, job.calibration, job.int8)
     if job.outputs == "landmarks":
         model = attach_head(model, _convert(fp32_head(job), workdir, "head"))
     model.set_rt_info(job.contract.to_json(), list(RT_INFO_PATH))

@@ -101,7 +101,7 @@ def verify_artifact(
     images, matrices, gt = data["images"], data["matrices"], data["points"]
     cfg = model.config
     ref_hm = torch_heatmaps(model, images, batch_size)
-    ref_pts, _ = decode_heatmaps(ref_hm, cfg.input_size, cfg.refine)
+    ref_pts, _ = decode_heatmaps(ref_hm, cfg.input_size, model.weights.refine)
 
     # The accuracy is measured through the session an app opens (no extra outputs: the backend's fast path), which
     # also checks that the sidecar and the contract inside the artifact agree.

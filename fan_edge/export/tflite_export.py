@@ -62,7 +62,7 @@ import numpy as np
 
 from ..errors import ExportError, first_line
 from ..runtime.contract import METADATA_KEY
-from .int8 import float_layers, matches, tflite_scope
+from .int8 import Int8Recipe, matches, tflite_scope
 from .job import ExportJob
 from .descriptions import CONTRACT_FILE
 from .metadata import HEATMAPS_NAME, INPUT_NAME
@@ -88,9 +88,11 @@ FP16_RECIPE = [
 _TYPE_NAMES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 7: "int16", 9: "int8"}  # tflite TensorType
 
 
-def int8_recipe(float_output: bool = False, keep_float: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def int8_recipe(float_output: bool = False, keep_float: tuple[str, ...] = (), per_channel: bool = True) -> list[dict[str, Any]]:
     """Static int8 of every supported op; ``float_output`` keeps the graph's outputs float32, ``keep_float`` (PyTorch
-    module names, see :func:`fan_edge.export.int8.tflite_scope`) the named layers' ops."""
+    module names, see :func:`fan_edge.export.int8.tflite_scope`) the named layers' ops; ``per_channel`` False: weights
+    per tensor."""
+    weights = WEIGHTS_INT8 if per_channel else {**WEIGHTS_INT8, "granularity": "TENSORWISE"}
     recipe: list[dict[str, Any]] = [
         {
             "regex": ".*",
@@ -98,7 +100,7 @@ def int8_recipe(float_output: bool = False, keep_float: tuple[str, ...] = ()) ->
             "algorithm_key": "min_max_uniform_quantize",
             "op_config": {
                 "activation_tensor_config": ACTIVATIONS_INT8,
-                "weight_tensor_config": WEIGHTS_INT8,
+                "weight_tensor_config": weights,
                 "compute_precision": "INTEGER",
                 "explicit_dequantize": False,
             },
@@ -186,10 +188,10 @@ def fp32_head(job: ExportJob) -> bytes:
     from .landmarks import LandmarkHead
 
     cfg = job.model.config
-    key = f"tflite.fp32_head.{cfg.refine}"
+    key = f"tflite.fp32_head.{job.contract.refine}"
     if key not in job.shared:
         _, head_io = _wrappers()
-        head = LandmarkHead(cfg.input_size, cfg.heatmap_size, cfg.refine).eval()
+        head = LandmarkHead(cfg.input_size, cfg.heatmap_size, job.contract.refine).eval()
         # Batch 1, static, as the network (see fp32_backbone).
         example = torch.rand(1, cfg.num_landmarks, cfg.heatmap_size, cfg.heatmap_size, generator=torch.Generator().manual_seed(0))
         job.shared[key] = torch_to_tflite(head_io(head, tuple(job.contract.output_names)), example, HEATMAPS_NAME, dynamic_batch=False)
@@ -213,12 +215,16 @@ def to_fp16(model: bytes) -> bytes:
         return bytes(q.quantize(enable_progress_report=False).quantized_model)
 
 
-def to_int8(model: bytes, calibration, float_output: bool = False, keep_float: tuple[str, ...] | None = None) -> bytes:
-    """Static int8 (:func:`int8_recipe`), calibrated on ``calibration`` (a FaceCrops, one face per sample); the layers
-    matching ``keep_float`` (default: :data:`fan_edge.export.int8.FLOAT_LAYERS`) stay float."""
+def to_int8(model: bytes, calibration, recipe: Int8Recipe | None = None, float_output: bool = False) -> bytes:
+    """Static int8 (:func:`int8_recipe`) by the export's ``recipe`` (None: its defaults), calibrated on
+    ``calibration`` (a FaceCrops, one face per sample; ai-edge-quantizer's moving average of per-face extremes is the
+    recipe's ``mean_minmax``); the layers the recipe keeps float (default: :data:`fan_edge.export.int8.FLOAT_LAYERS`)
+    stay float."""
     if calibration is None:
         raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
-    q = _quantizer(model, int8_recipe(float_output, _float_modules(model, float_layers("tflite", keep_float))))
+    recipe = recipe or Int8Recipe()
+    keep = _float_modules(model, recipe.float_layers("tflite"))
+    q = _quantizer(model, int8_recipe(float_output, keep, per_channel=recipe.per_channel))
     data = calibration.litert_calibration(INPUT_NAME, "NHWC", SIGNATURE)
     with silenced_native_output():
         ranges = floor_degenerate_ranges(q.calibrate(data, num_threads=max(1, min(4, os.cpu_count() or 1))))
@@ -471,7 +477,7 @@ def build_tflite(job: ExportJob) -> bytes:
         model = to_fp16(model)
     elif job.precision == "int8":
         # A landmarks model keeps the network's output float: the head follows it in float32.
-        model = to_int8(model, job.calibration, float_output=landmarks, keep_float=job.int8_float)
+        model = to_int8(model, job.calibration, job.int8, float_output=landmarks)
     model = name_heatmaps(model)
     if landmarks:
         model = attach_head(model, fp32_head(job))

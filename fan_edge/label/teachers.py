@@ -93,6 +93,7 @@ class FanTeacher:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.config = model.config
+        self.weights = model.weights  # the crop and refinement its weights were trained with
         self.refine_passes = refine_passes
 
     def _run(self, source: ImageSource, boxes: np.ndarray, flip: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -100,14 +101,14 @@ class FanTeacher:
         import torch
 
         size = self.config.input_size
-        matrices = crop_matrices(boxes, size, self.config.crop)
+        matrices = crop_matrices(boxes, size, self.weights.crop)
         crops = np.stack([warp_image(source.pixels, m, size) for m in matrices])
         x = to_network_input(source.finish(crops))
         if flip:
             x = np.ascontiguousarray(x[..., ::-1])
         with torch.inference_mode():
             heatmaps = self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
-        points, scores = decode_heatmaps(heatmaps, size, self.config.refine)
+        points, scores = decode_heatmaps(heatmaps, size, self.weights.refine)
         if flip:
             points = _unflip(points, size)
             scores = scores[:, mirror_permutation()]

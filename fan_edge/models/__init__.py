@@ -1,7 +1,12 @@
-"""The FAN family: network, registry, factory and checkpoint formats.
+"""The FAN family: network, registry, factory, weights records and checkpoint formats.
 
-The names below are imported on first use (PEP 562): the registry, the config
-and the closed-form counts are torch-free, so that ``fan-edge models`` and
+A network's architecture is a :class:`FANConfig`; what its trained weights
+need besides their tensors (the crop, the heatmap refinement, the model card)
+is their :class:`Weights` record, which every built network carries as
+``model.weights``.
+
+The names below are imported on first use (PEP 562): the registry, the config,
+the weights records and the closed-form counts are torch-free, so that ``fan-edge models`` and
 ``fan-edge info NAME`` start without importing torch; the network, the
 factory and the checkpoint formats bring torch when first asked for.
 """
@@ -17,7 +22,8 @@ if TYPE_CHECKING:
     from .config import FANConfig
     from .factory import create_model
     from .fan import FAN
-    from .registry import DEFAULT_NAME, ModelEntry, get_entry, list_models, register
+    from .pretrained import Weights
+    from .registry import DEFAULT_NAME, ModelEntry, get_entry, get_weights, list_models, register, unavailable_models
 
 _SOURCES = {
     "Checkpoint": "checkpoints", "infer_config": "checkpoints", "load_weights": "checkpoints",
@@ -26,8 +32,9 @@ _SOURCES = {
     "FANConfig": "config",
     "create_model": "factory",
     "FAN": "fan",
+    "Weights": "pretrained",
     "DEFAULT_NAME": "registry", "ModelEntry": "registry", "get_entry": "registry", "list_models": "registry",
-    "register": "registry",
+    "register": "registry", "get_weights": "registry", "unavailable_models": "registry",
 }
 
 
@@ -46,14 +53,17 @@ __all__ = [
     "Checkpoint",
     "FANConfig",
     "ModelEntry",
+    "Weights",
     "count_macs",
     "count_parameters",
     "create_model",
     "get_entry",
+    "get_weights",
     "infer_config",
     "list_models",
     "load_weights",
     "read_checkpoint",
     "register",
     "save_checkpoint",
+    "unavailable_models",
 ]

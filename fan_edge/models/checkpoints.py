@@ -2,8 +2,11 @@
 
 Formats, told apart by content rather than by name:
 
-- fan-edge's own: ``NAME.safetensors`` (weights, with the config in its
-  metadata) and ``NAME.json`` beside it (config and model card).
+- fan-edge's own: ``NAME.safetensors`` (weights, with the architecture and
+  the weights' crop and refinement in its metadata) and ``NAME.json`` beside
+  it (the same, and the model card). Files written before the crop and
+  refinement moved to the weights record (:mod:`fan_edge.models.pretrained`)
+  hold them inside the config; they read the same.
 - a plain state dict saved with ``torch.save`` (2DFAN-4/3DFAN-4 ``.pth.tar``),
   loaded with ``weights_only=True`` so that no pickled code can run.
 - a TorchScript archive (face-alignment 1.4's ``.zip``). Loading one runs the
@@ -42,6 +45,7 @@ from ..atomic import atomic_path, write_text_atomic
 from ..errors import CheckpointError, ConfigError
 from ..limits import MAX_PARAMETERS
 from .config import FANConfig
+from .pretrained import UNTRAINED, WEIGHTS_METADATA_KEY, Weights, card_preprocessing, split_config
 from .safe_load import RefusedPickle, check_zip_archive, meta_tensors, read_safetensors, read_safetensors_header, torch_load
 
 CONFIG_METADATA_KEY = "fan_edge_config"
@@ -54,12 +58,27 @@ STACK_KEY = re.compile(r"^(m|top_m_|conv_last|bn_end|l|bl|al)(\d+)\.")
 
 @dataclass
 class Checkpoint:
-    """Weights as read from disk, with the config and card when the file carries them."""
+    """Weights as read from disk, with the architecture and card when the file carries them.
+
+    ``weights`` is their record (:class:`~fan_edge.models.pretrained.Weights`):
+    the crop and refinement the file says it was trained with, else FAN's
+    released ones (a 2DFAN-4 state dict says nothing and was trained with
+    those), and the card.
+    """
 
     state_dict: dict[str, torch.Tensor]
     config: FANConfig | None = None
     card: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    weights: Weights = UNTRAINED
+
+    def __post_init__(self) -> None:
+        if self.weights is UNTRAINED and self.source:
+            self.weights = Weights(name=_stem(self.source), file=self.source, meta=self.card)
+
+
+def _stem(path: str) -> str:
+    return re.sub(r"(\.pth)?\.(tar|pth|pt|safetensors|zip|bin)$", "", Path(path).name) or "weights"
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -235,9 +254,15 @@ def _read_safetensors(path: Path) -> Checkpoint:
     if not entries:
         raise CheckpointError(f"{path}: holds no tensors")
     config = None
+    # The weights' crop and refinement, first found wins: the weights file's own metadata (its record, else the
+    # config of an older file), then the card beside it (top-level, else inside an older card's config).
+    preprocessing: dict[str, Any] | None = None
     try:
+        if WEIGHTS_METADATA_KEY in metadata:
+            preprocessing = json.loads(metadata[WEIGHTS_METADATA_KEY])
         if CONFIG_METADATA_KEY in metadata:
-            config = _config_from(json.loads(metadata[CONFIG_METADATA_KEY]))
+            config, legacy = _config_from(json.loads(metadata[CONFIG_METADATA_KEY]))
+            preprocessing = preprocessing if preprocessing is not None else legacy
         card: dict[str, Any] = {}
         card_path = path.with_suffix(".json")
         if card_path.is_file() and card_path.stat().st_size < MAX_CARD_BYTES:
@@ -245,7 +270,10 @@ def _read_safetensors(path: Path) -> Checkpoint:
             if not isinstance(card, dict):
                 raise ValueError("model card is not a JSON object")
             if config is None and isinstance(card.get("config"), dict):
-                config = _config_from(card["config"])
+                config, _ = _config_from(card["config"])
+            if preprocessing is None:
+                preprocessing = card_preprocessing(card)
+        weights = Weights.from_preprocessing(preprocessing or {}, name=_stem(str(path)), file=str(path), meta=card)
     except (ValueError, ConfigError, RecursionError, OSError) as exc:
         raise CheckpointError(f"{path}: bad fan-edge metadata ({_one_line(exc)})") from None
     if config is not None:
@@ -256,14 +284,15 @@ def _read_safetensors(path: Path) -> Checkpoint:
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: malformed tensor shapes ({_one_line(exc)})") from None
         check_fits(config, shapes, str(path))
-    return Checkpoint(read_safetensors(path, entries, start), config, card, str(path))
+    return Checkpoint(read_safetensors(path, entries, start), config, card, str(path), weights)
 
 
-def _config_from(data: Any) -> FANConfig:
+def _config_from(data: Any) -> tuple[FANConfig, dict[str, Any] | None]:
+    """The architecture, and the crop and refine an older file kept inside its config (None if it did not)."""
     if not isinstance(data, dict):
         raise ValueError(f"the FAN config is a {type(data).__name__}, not a JSON object")
     try:
-        return FANConfig.from_dict(data)
+        return split_config(data)
     except (TypeError, AttributeError, KeyError, IndexError) as exc:  # a config's nested fields (channels) of odd types
         raise ValueError(f"bad FAN config ({_one_line(exc)})") from None
 
@@ -364,18 +393,27 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | None = None) -> Path:
-    """Write fan-edge's format: ``path`` (.safetensors) and its card ``.json``, each atomically."""
+    """Write fan-edge's format: ``path`` (.safetensors) and its card ``.json``, each atomically.
+
+    The architecture (``config``) and the crop and refinement of the model's
+    weights record (``model.weights``) go into both; the card's other entries
+    are ``card`` (the model's own card is not copied: say what is to be kept).
+    """
     from safetensors.torch import save_file
 
     out = Path(path)
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
     config: FANConfig = model.config  # type: ignore[assignment]
+    weights: Weights = getattr(model, "weights", None) or UNTRAINED
+    preprocessing = weights.preprocessing()
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {CONFIG_METADATA_KEY: config.to_json(), "fan_edge_version": __version__}
+    metadata = {CONFIG_METADATA_KEY: config.to_json(), WEIGHTS_METADATA_KEY: json.dumps(preprocessing, sort_keys=True),
+                "fan_edge_version": __version__}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata=metadata)
-    full_card = {"config": config.to_dict(), "fan_edge_version": __version__}
+    full_card = {"fan_edge_version": __version__}
     full_card.update(card or {})
+    full_card.update(config=config.to_dict(), **preprocessing)  # what the weights file says, whatever ``card`` held
     write_text_atomic(out.with_suffix(".json"), json.dumps(full_card, indent=2, sort_keys=True) + "\n")
     return out

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
 from ..limits import MAX_HOURGLASS_DEPTH, MAX_INPUT_SIZE, MAX_LANDMARKS, MAX_PARAMETERS, MAX_STACKS, MAX_WIDTH, check_int
-from ..runtime.crop import CropSpec
 from .channels import ChannelLayout, channels_of_stacks, normalise_channels, resolve_layout
 
 RELEASED_WIDTH = 256
@@ -22,7 +21,11 @@ RELEASED_STEM = (64, 128, 128, 256)
 
 @dataclass(frozen=True)
 class FANConfig:
-    """Architecture and preprocessing of a FAN variant.
+    """The architecture of a FAN variant.
+
+    How a face becomes its input (the crop) and how its heatmaps decode (the
+    refinement) belong to trained weights, not here: see
+    :class:`fan_edge.models.pretrained.Weights`.
 
     ``width`` is the hourglass feature width (256 as released). The stem
     (7x7 conv and three blocks) scales with it, because at small widths an
@@ -35,8 +38,6 @@ class FANConfig:
     input_size: int = 256
     num_landmarks: int = 68
     hourglass_depth: int = 4
-    crop: CropSpec = field(default_factory=CropSpec)
-    refine: str = "quarter"  # heatmap peak refinement, see fan_edge.runtime.decode
     # Per-layer output channels where they differ from the uniform layout (structured pruning), as
     # (conv name, count) pairs; a dict is accepted. None: every layer as ``width`` says. See models/channels.py.
     channels: tuple[tuple[str, int], ...] | None = None
@@ -56,15 +57,6 @@ class FANConfig:
                 f"input_size must be a multiple of {4 * 2**self.hourglass_depth} "
                 f"(hourglass depth {self.hourglass_depth}), got {self.input_size}"
             )
-        if self.refine not in ("quarter", "gaussian"):
-            raise ConfigError(f"refine must be 'quarter' or 'gaussian', got {self.refine!r}")
-        if isinstance(self.crop, dict):
-            try:
-                object.__setattr__(self, "crop", CropSpec.from_dict(self.crop))
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        if not isinstance(self.crop, CropSpec):
-            raise ConfigError(f"crop must be a CropSpec or a dict, got {type(self.crop).__name__}")
         object.__setattr__(self, "channels", normalise_channels(self.channels))
         values = self.num_values  # resolves the layout: ConfigError on an inconsistent channels map
         if values > MAX_PARAMETERS:
@@ -142,6 +134,9 @@ class FANConfig:
     def from_dict(cls, data: dict[str, Any]) -> "FANConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
+        if {"crop", "refine"} & set(unknown):
+            raise ConfigError("crop and refine belong to the weights, not the FAN config: read a stored config with "
+                              "fan_edge.models.pretrained.split_config")
         if unknown:
             raise ConfigError(f"unknown FAN config keys: {', '.join(unknown)}")
         try:

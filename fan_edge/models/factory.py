@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from ..errors import ConfigError
 from .config import FANConfig
+from .pretrained import Weights
 from .registry import get_entry
 
 if TYPE_CHECKING:
@@ -41,44 +42,61 @@ def trained_weights_file(name: str) -> Path:
 
 
 def create_model(
-    name_or_config: str | Path | FANConfig,
-    weights: str | Path | None | Literal[False] = None,
+    name_or_config: str | Path | FANConfig | Weights,
+    weights: str | Path | Weights | None | Literal[False] = None,
     *,
     trust: bool = False,
     stacks: int | None = None,
     input_size: int | None = None,
 ) -> FAN:
-    """Build a FAN from a registry name, a config, or a checkpoint file.
+    """Build a FAN from a registry name, a config, a checkpoint file or a weights record.
 
     ``weights=None`` loads a zoo entry's bundled weights when it has them (and
     builds an untrained network otherwise); ``weights=False`` always builds an
-    untrained one; a path loads that file. ``stacks`` below the checkpoint's
-    count truncates it: every stack is supervised, so this is an early exit.
-    ``input_size`` overrides the resolution (the weights are resolution-free).
+    untrained one; a path loads that file; a
+    :class:`~fan_edge.models.pretrained.Weights` record loads its file (none:
+    an untrained network with its crop and refinement). ``stacks`` below the
+    checkpoint's count truncates it: every stack is supervised, so this is an
+    early exit. ``input_size`` overrides the resolution (the weights are
+    resolution-free).
+
+    The network comes back with the record of its weights as
+    ``model.weights`` (crop, refinement, card): the file's own, whatever the
+    name or config it was built under, since a name's conventions would shift
+    every landmark of weights trained on another crop.
     """
     from .checkpoints import infer_config, load_weights, read_checkpoint
     from .fan import FAN
 
     checkpoint = None
+    record: Weights | None = None  # None: an untrained network's (FAN's released crop and refinement)
+    given = name_or_config if isinstance(name_or_config, Weights) else None
+    if given is not None:  # a record: its file (or, without one, the architecture its name says)
+        name_or_config = given.file if given.file is not None else given.name
     if isinstance(name_or_config, FANConfig):
         config = name_or_config
         bundled = None
     elif isinstance(name_or_config, Path) or is_checkpoint_path(str(name_or_config)):
         checkpoint = read_checkpoint(name_or_config, trust=trust)
         config = checkpoint.config or infer_config(checkpoint.state_dict)
+        record = given or checkpoint.weights
         bundled = None
     else:
         entry = get_entry(str(name_or_config))
         config = entry.config
         bundled = entry.weights_path if entry.trained else None
-    if weights is not None and weights is not False:
+        record = given or Weights(name=entry.name)
+    if isinstance(weights, Weights):
+        record = weights
+        checkpoint = read_checkpoint(weights.file, trust=trust) if weights.file is not None else None
+    elif weights is not None and weights is not False:
+        # The crop and the peak refinement are how the weights were trained, not architecture: a name's
+        # conventions would silently shift every landmark, so the file's own record comes with it.
         checkpoint = read_checkpoint(weights, trust=trust)
-        if checkpoint.config is not None:
-            # The crop and the peak refinement are how the weights were trained, not architecture: a name's
-            # defaults would silently shift every landmark, so the checkpoint's own conventions win.
-            config = config.replace(crop=checkpoint.config.crop, refine=checkpoint.config.refine)
+        record = checkpoint.weights
     elif weights is None and checkpoint is None and bundled is not None:
         checkpoint = read_checkpoint(bundled)
+        record = checkpoint.weights.replace(name=entry.weights_record().name)
     changes = {}
     if stacks is not None:
         if stacks > config.stacks and checkpoint is not None:
@@ -88,9 +106,8 @@ def create_model(
         changes["input_size"] = input_size
     if changes:
         config = config.replace(**changes)
-    model = FAN(config)
+    model = FAN(config, record)
     if checkpoint is not None:
         load_weights(model, checkpoint.state_dict)
-        model.card = checkpoint.card  # type: ignore[assignment]
     model.eval()
     return model

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ConvBlock, HourGlass
 from .config import FANConfig
+from .pretrained import UNTRAINED, Weights
 
 
 class FAN(nn.Module):
@@ -17,11 +20,18 @@ class FAN(nn.Module):
     supervised). In eval mode it returns the heatmaps of ``exit_stack``
     (the last stack unless set lower) and does not compute later stacks:
     that is the early exit, and the graph that exports.
+
+    ``weights`` is the record of the weights it holds (crop, refinement, card;
+    :class:`~fan_edge.models.pretrained.Weights`): what
+    :func:`~fan_edge.models.create_model` loaded, or FAN's released
+    conventions for a network built without trained weights. Code that builds
+    a new network from this one's config (pruning, a float copy) passes it on.
     """
 
-    def __init__(self, config: FANConfig | None = None) -> None:
+    def __init__(self, config: FANConfig | None = None, weights: Weights | None = None) -> None:
         super().__init__()
         self.config = config or FANConfig()
+        self.weights = weights if weights is not None else UNTRAINED
         cfg = self.config
         # Uniform as designed, or a pruned model's per-layer counts (models/channels.py).
         layout = cfg.layout
@@ -49,6 +59,15 @@ class FAN(nn.Module):
                 self.add_module(f"bl{i}", nn.Conv2d(f, w, kernel_size=1))
                 self.add_module(f"al{i}", nn.Conv2d(k, w, kernel_size=1))
         self.exit_stack = cfg.stacks
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """The model card of its weights ({} without one)."""
+        return dict(self.weights.meta)
+
+    @card.setter
+    def card(self, value: dict[str, Any]) -> None:
+        self.weights = self.weights.replace(meta=dict(value or {}))
 
     def set_exit(self, stack: int) -> "FAN":
         """Make eval-mode forward stop after ``stack`` (1-based) stacks."""

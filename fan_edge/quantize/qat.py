@@ -14,11 +14,13 @@ weights and the quantizers' ranges together:
 - BatchNorm statistics frozen (FAN's pre-activation BN folds into no
   convolution; its statistics must stay those the ranges were measured with);
   the quantizers' parameters get no weight decay;
-- progress bar per epoch, one log line per epoch (``qat.log``; validation
-  NME of the fake-quantized model), ``last.ckpt`` written atomically every few
-  minutes and at every epoch: the same command resumes to the batch (data
-  order and augmentation are functions of ``(seed, epoch, index)``);
-  SIGINT/SIGTERM save and stop.
+- the loop is fan-train's (:func:`fan_edge.train.trainer.train`, with
+  :class:`QATRecipe` as its hooks): ``--device`` and ``torchrun``, progress
+  bar per epoch, one log line per epoch (``qat.log``; validation NME of the
+  fake-quantized model), ``last.ckpt`` (with the quantizers' NNCF config)
+  written atomically every few minutes and at every epoch: the same command
+  resumes to the batch (data order and augmentation are functions of
+  ``(seed, epoch, index)``); SIGINT/SIGTERM save and stop.
 
 The run directory ends with ``final.safetensors`` (+ card ``final.json``):
 the fine-tuned weights as an ordinary fan-edge checkpoint, which every tool
@@ -31,9 +33,10 @@ AFW faces, that beat exporting NNCF's trained quantizers (ONNX QDQ: as
 accurate and slower than fp32 in ONNX Runtime; OpenVINO FakeQuantize: 0.008
 to 0.047 NME points worse on four checkpoints; docs/quantization.md).
 
-NNCF's CPU kernels are a C++ extension compiled on first use (minutes on a
-small machine, and a compiler); :func:`use_eager_kernels` runs NNCF's own
-reference implementation of the same functions in plain PyTorch instead.
+NNCF's CPU and CUDA kernels are C++ extensions compiled on first use
+(minutes on a small machine, and a compiler: nvcc for the GPU);
+:func:`use_eager_kernels` runs NNCF's own reference implementation of the
+same functions in plain PyTorch instead, on either device.
 """
 
 from __future__ import annotations
@@ -42,32 +45,31 @@ import copy
 import json
 import logging
 import math
-import signal
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_text_atomic
-from ..errors import CheckpointError, ConfigError, DataError, first_line
+from ..atomic import atomic_path
+from ..errors import CheckpointError, DataError, first_line
 from ..export.int8 import matches
-from ..models import FAN, FANConfig, create_model, read_checkpoint, save_checkpoint
-from ..models.checkpoints import load_optimizer_state, read_training_state
+from ..models import FAN, create_model, read_checkpoint, save_checkpoint
+from ..models.pretrained import config_and_weights
+from ..train.distributed import Distributed
 from ..train.spec import TrainSpec
+from ..train.trainer import FINAL, LAST, Recipe, make_optimizer, train, validate
 
-LAST = "last.ckpt"
-FINAL = "final.safetensors"
 QAT_SUFFIX = ".qat.safetensors"
 HOOKS_PREFIX = "__nncf_hooks."
 CONFIG_KEY = "nncf_config"
-# What a resume reads from LAST, with types (see read_training_state).
+# What a resume reads from LAST, with types (see read_training_state): the trainer's entries ("best" is newer than
+# the first QAT checkpoints, which resume without it) and the quantizers' config and the figures before training.
 RESUME_ENTRIES = {"model": dict, "nncf_config": str, "config": dict, "optimizer": dict, "epoch": int, "batch": int,
-                  "history": list, "spec": dict, "spec.train": dict, "base_figures": dict, "init_figures": dict}
-log = logging.getLogger("fan_edge.quantize.qat")
+                  "history": list, "spec": dict, "spec.train": dict, "spec.train.epochs": int, "base_figures": dict,
+                  "init_figures": dict}
+log = logging.getLogger("fan_edge.train.qat")  # a child of the trainer's logger: its lines go to qat.log too
 
 
 @dataclass
@@ -92,23 +94,25 @@ class QATSpec:
 
 
 def use_eager_kernels() -> None:
-    """Run NNCF's fake quantization with its reference PyTorch functions (see the module docstring).
+    """Run NNCF's fake quantization with its reference PyTorch functions (see the module docstring), on CPU
+    and, where torch sees a GPU, on CUDA (whose extension would need nvcc).
 
-    Only when NNCF has not loaded its CPU extension yet; a no-op afterwards.
+    For each device only when NNCF has not loaded its extension yet; a no-op afterwards.
     """
     from nncf.torch.quantization import extensions
     from nncf.torch.quantization.reference import ReferenceBackendType, ReferenceQuantize
 
-    namespace = extensions.QuantizedFunctionsCPU
-    if getattr(namespace, "_loaded_namespace", None) is not None:
-        return
     reference = ReferenceQuantize(ReferenceBackendType.TORCH)
 
-    class _Eager:
+    class _Eager:  # the reference backward takes the CPU kernel's extra argument and works without it (CUDA's call)
         Quantize_forward = staticmethod(reference.forward)
         Quantize_backward = staticmethod(reference.backward)
 
-    namespace._loaded_namespace = _Eager
+    for name in ("QuantizedFunctionsCPU", "QuantizedFunctionsCUDA"):
+        namespace = getattr(extensions, name, None)
+        # CUDA without a GPU is NNCF's stub (any attribute raises): only the lazy namespaces are replaced.
+        if type(namespace).__name__ == "ExtensionNamespace" and vars(namespace).get("_loaded_namespace") is None:
+            namespace._loaded_namespace = _Eager
 
 
 def ignored_scope(model: FAN, keep_float: list[str] | tuple[str, ...]):
@@ -225,7 +229,7 @@ def float_state(qmodel: nn.Module) -> dict[str, torch.Tensor]:
 
 def float_copy(qmodel: FAN) -> FAN:
     """The fine-tuned weights in a plain FAN (no quantizers)."""
-    net = FAN(qmodel.config)
+    net = FAN(qmodel.config, qmodel.weights)
     net.load_state_dict(float_state(qmodel))
     return net.eval()
 
@@ -283,7 +287,7 @@ def load_qat(checkpoint: Any) -> FAN | None:
     return qmodel.eval()
 
 
-# ---- the training loop --------------------------------------------------------------------------------
+# ---- fan-quantize --qat: a recipe of the trainer ------------------------------------------------------
 
 
 def _freeze_bn(model: nn.Module) -> None:
@@ -292,173 +296,106 @@ def _freeze_bn(model: nn.Module) -> None:
             m.eval()
 
 
-def _optimizer(spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
-    from ..train.trainer import make_optimizer as make
+class QATRecipe(Recipe):
+    """fan-quantize --qat as a configuration of :func:`fan_edge.train.trainer.train`.
 
-    weights = [p for n, p in model.named_parameters() if not n.startswith(HOOKS_PREFIX) and p.requires_grad]
-    ranges = [p for n, p in model.named_parameters() if n.startswith(HOOKS_PREFIX) and p.requires_grad]
-    optimizer = make(spec, weights)
-    if ranges:
-        optimizer.add_param_group({"params": ranges, "weight_decay": 0.0})
-    return optimizer
+    The trainer runs the loop (device, ``torchrun``, resume, saving, stop
+    rules, LR schedule, the loss of fan-train / fan-distill); this recipe
+    wraps the float model in NNCF's fake quantizers once its weights are
+    loaded, keeps BatchNorm frozen and the quantizers free of weight decay,
+    saves the quantizers' config in ``last.ckpt`` (a killed run resumes with
+    the same quantizers) and writes ``final.safetensors`` with its
+    quantizers and card at the end (no ``best.safetensors``).
+    """
 
+    log_file = "qat.log"
+    progress_label = "qat epoch"
+    resume_entries = RESUME_ENTRIES
+    require_points = True
 
-def _setup_logging(out: Path) -> None:
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    for h in list(log.handlers):
-        log.removeHandler(h)
-    out.mkdir(parents=True, exist_ok=True)
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    for handler in (logging.FileHandler(out / "qat.log"), logging.StreamHandler()):
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
+    def __init__(self, spec: QATSpec, command: str = "", log_fn: Callable[[str], None] | None = None) -> None:
+        self.spec = spec
+        self.command = command
+        self.log_fn = log_fn
+        self.base_figures: dict[str, float] = {}
+        self.init_figures: dict[str, float] = {}
 
+    def resumed_spec(self, saved: dict[str, Any], given: TrainSpec, path: Path) -> TrainSpec:
+        try:
+            spec = QATSpec.from_dict(saved)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: its run spec is not one of fan-quantize --qat ({first_line(exc, 200, with_type=True)})") from None
+        spec.train = super().resumed_spec(spec.train.to_dict(), given, path)
+        self.spec = spec
+        return spec.train
 
-def _validate(model: FAN, folder: str) -> dict[str, float]:
-    from ..bench.evaluate import evaluate_model
+    def spec_dict(self, spec: TrainSpec) -> dict[str, Any]:
+        return QATSpec(spec, self.spec.calib, self.spec.calib_faces, list(self.spec.keep_float)).to_dict()
 
-    return {k: round(v, 4) for k, v in evaluate_model(model, folder, batch_size=32).scores.as_percent().items()}
+    def prepare_model(self, spec: TrainSpec, state: dict[str, Any] | None, dist: Distributed, out: Path) -> FAN:
+        """New: the float model, its quantizers initialised on the calibration faces (and, on rank 0 with --val,
+        both validated on the device). Resumed: the saved architecture, its saved quantizers, the saved weights."""
+        if state is not None:
+            last = out / LAST
+            model = _rebuild(FAN(*config_and_weights(state["config"])), _json_config(state["nncf_config"], str(last)), str(last))
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError as exc:
+                raise CheckpointError(f"{last}: its weights do not fit its quantized model ({first_line(exc, 200, with_type=True)})") from None
+            self.base_figures, self.init_figures = state["base_figures"], state["init_figures"]
+            return model
+        from ..calibration import calibration_faces
+
+        base = create_model(spec.model).eval()
+        calib = calibration_faces(self.spec.calib or spec.data[0], base.config.input_size, base.weights.crop, self.spec.calib_faces,
+                                  seed=spec.seed)
+        log.info("initialising the quantizers on %d faces of %s", len(calib), calib.folder)
+        model = quantize_for_training(base, calib, self.spec.keep_float)
+        if spec.val and dist.is_main:
+            self.base_figures = validate(base.to(dist.device), spec, dist.device)
+            self.init_figures = validate(model.to(dist.device), spec, dist.device)
+            log.info("validation: float %s | int8 (fake-quant) after initialisation %s",
+                     json.dumps(self.base_figures), json.dumps(self.init_figures))
+        return model
+
+    def make_optimizer(self, spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
+        weights = [p for n, p in model.named_parameters() if not n.startswith(HOOKS_PREFIX) and p.requires_grad]
+        ranges = [p for n, p in model.named_parameters() if n.startswith(HOOKS_PREFIX) and p.requires_grad]
+        optimizer = make_optimizer(spec, weights)
+        if ranges:
+            optimizer.add_param_group({"params": ranges, "weight_decay": 0.0})
+        return optimizer
+
+    def train_mode(self, net: nn.Module) -> None:
+        net.train()
+        _freeze_bn(net)
+
+    def extra_state(self, model: FAN) -> dict[str, Any]:
+        return {"nncf_config": json.dumps(_nncf_config(model)), "base_figures": self.base_figures, "init_figures": self.init_figures}
+
+    def keep_best(self, *args: Any, **kwargs: Any) -> None:
+        """No best.safetensors: a QAT run's one artifact is its final model and quantizers."""
+
+    def finish(self, model: FAN, spec: TrainSpec, history: list[dict[str, Any]], best: dict[str, Any],
+               dataset: Any, out: Path) -> dict[str, Any]:
+        model.eval()
+        final = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss", "seconds")}
+        card = _card(self.spec, model, self.command, self.base_figures, self.init_figures, final, history)
+        path = save_qat(model, out / FINAL, card)
+        log.info("done: %s (quantizers %s); validation int8 (fake-quant) %s, float before QAT %s",
+                 path, qat_path(path).name, json.dumps(final), json.dumps(self.base_figures))
+        if self.log_fn:
+            self.log_fn(f"export: fan-export --model {path} --target onnx,openvino,tflite --precision int8 "
+                        f"--calib {self.spec.calib or spec.data[0]}")
+        return {"final": str(path), "figures": final, "base_figures": self.base_figures}
 
 
 def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) a QAT run into ``spec.train.out``; returns a summary (figures, paths)."""
-    from ..calibration import calibration_faces
-    from ..train.losses import LOSSES, stack_weights, stacked_loss
-    from ..train.sources import build_datasets, epoch_pool
-    from ..train.trainer import epoch_batches, epoch_line, lr_factor, teacher_heatmaps, unlogged_epochs
-
-    ts = spec.train
-    out = Path(ts.out)
-    _setup_logging(out)
-    if ts.loss not in LOSSES:
-        raise ConfigError(f"unknown loss {ts.loss!r}; expected one of {', '.join(LOSSES)}")
-    if not ts.data:
+    """Run (or resume) a QAT run into ``spec.train.out`` on ``spec.train.device`` (under ``torchrun`` too);
+    returns a summary (figures, paths)."""
+    if not spec.train.data:
         raise DataError("no training data: give at least one --data folder")
-    torch.manual_seed(ts.seed)
-    last = out / LAST
-    state: dict[str, Any] | None = None
-    if resume and last.is_file():
-        state = read_training_state(last, RESUME_ENTRIES)
-        try:
-            saved = QATSpec.from_dict(state["spec"])
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise CheckpointError(f"{last}: its run spec is not one of fan-quantize --qat ({first_line(exc, 200, with_type=True)})") from None
-        saved.train.epochs = max(ts.epochs, saved.train.epochs)
-        for name in ("workers", "max_minutes", "max_batches", "checkpoint_minutes"):
-            setattr(saved.train, name, getattr(ts, name))
-        spec, ts = saved, saved.train
-        log.info("resuming %s at epoch %d batch %d", last, state["epoch"], state["batch"])
-
-    base = create_model(ts.model).eval()
-    teacher = None
-    if ts.teacher:
-        teacher = (copy.deepcopy(base) if ts.teacher == ts.model else create_model(ts.teacher)).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        if teacher.config.crop != base.config.crop or teacher.config.input_size != base.config.input_size:
-            raise ConfigError("the teacher must share the student's crop and input size")
-    if state is None:
-        calib = calibration_faces(spec.calib or ts.data[0], base.config.input_size, base.config.crop, spec.calib_faces, seed=ts.seed)
-        log.info("initialising the quantizers on %d faces of %s", len(calib), calib.folder)
-        model = quantize_for_training(base, calib, spec.keep_float)
-        base_figures = _validate(base, ts.val) if ts.val else {}
-        init_figures = _validate(model, ts.val) if ts.val else {}
-        if ts.val:
-            log.info("validation: float %s | int8 (fake-quant) after initialisation %s", json.dumps(base_figures), json.dumps(init_figures))
-    else:
-        model = _rebuild(FAN(FANConfig.from_dict(state["config"])), _json_config(state["nncf_config"], str(last)), str(last))
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{last}: its weights do not fit its quantized model ({first_line(exc, 200, with_type=True)})") from None
-        base_figures, init_figures = state["base_figures"], state["init_figures"]
-
-    dataset = build_datasets(ts, model, require_points=True, teacher_size=None if teacher is None else teacher.config.input_size)
-    optimizer = _optimizer(ts, model)
-    if state is not None:
-        load_optimizer_state(optimizer, state["optimizer"], last)
-    weights = stack_weights(model.config.stacks, ts.stack_weights)
-    start_epoch, start_batch = (state["epoch"], state["batch"]) if state else (0, 0)
-    history: list[dict[str, Any]] = state["history"] if state else []
-    for line in unlogged_epochs(out / "qat.log", history, ts.epochs):  # killed between a save and its line
-        log.info("%s (logged on resume)", line)
-    write_text_atomic(out / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
-
-    def save(epoch: int, batch: int) -> None:
-        with atomic_path(last) as tmp:
-            torch.save({
-                "model": model.state_dict(), "nncf_config": json.dumps(_nncf_config(model)), "config": model.config.to_dict(),
-                "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch, "history": history,
-                "spec": spec.to_dict(), "base_figures": base_figures, "init_figures": init_figures,
-            }, tmp)
-
-    stop = {"flag": False}
-    handlers = {s: signal.signal(s, lambda *_: stop.__setitem__("flag", True)) for s in (signal.SIGTERM, signal.SIGINT)}
-    started = last_save = time.monotonic()
-    done = 0
-    try:
-        for epoch in range(start_epoch, ts.epochs):
-            dataset.set_epoch(epoch)
-            batches = epoch_batches(epoch_pool(dataset, ts.seed, epoch), ts.batch_size, ts.seed, epoch, 0, 1)
-            first = start_batch if epoch == start_epoch else 0
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[first:], num_workers=ts.workers)
-            model.train()
-            _freeze_bn(model)
-            losses: list[float] = []
-            epoch_started = time.monotonic()
-            progress = _progress(len(batches), first, epoch, ts.epochs)
-            for b, batch in enumerate(loader, start=first):
-                for group in optimizer.param_groups:
-                    group["lr"] = ts.lr * lr_factor(ts, epoch + b / max(len(batches), 1))
-                images = batch["image"]
-                outputs = model(images)
-                loss = stacked_loss(outputs, batch["heatmaps"], ts.loss, weights)
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = teacher_heatmaps(teacher, batch.get("teacher_image", images), outputs[-1].shape[-1])
-                    loss = ts.distill_weight * stacked_loss(outputs, soft, ts.loss, weights) + (1 - ts.distill_weight) * loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                if progress is not None:
-                    progress.set_postfix(loss=f"{np.mean(losses[-20:]):.5f}")
-                    progress.update(1)
-                done += 1
-                out_of_time = ts.max_minutes is not None and time.monotonic() - started > 60 * ts.max_minutes
-                out_of_batches = ts.max_batches is not None and done >= ts.max_batches
-                if stop["flag"] or out_of_time or out_of_batches:
-                    save(epoch, b + 1)
-                    reason = "signal" if stop["flag"] else ("--max-minutes" if out_of_time else "--max-batches")
-                    log.info("stopped by %s at epoch %d batch %d; resume with the same command", reason, epoch, b + 1)
-                    return {"stopped": True, "reason": reason, "epoch": epoch, "out": str(out)}
-                if time.monotonic() - last_save > 60 * ts.checkpoint_minutes:
-                    save(epoch, b + 1)
-                    last_save = time.monotonic()
-            if progress is not None:
-                progress.close()
-            entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else math.nan,
-                                     "seconds": round(time.monotonic() - epoch_started, 1)}
-            if ts.val and ((epoch + 1) % ts.val_every == 0 or epoch + 1 == ts.epochs):
-                entry.update(_validate(model, ts.val))
-            history.append(entry)
-            save(epoch + 1, 0)  # the state first: a kill before the line below loses no line (resume writes it)
-            last_save = time.monotonic()
-            log.info("%s", epoch_line(entry, ts.epochs))
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-
-    model.eval()
-    final = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss", "seconds")}
-    card = _card(spec, model, command, base_figures, init_figures, final, history)
-    path = save_qat(model, out / FINAL, card)
-    log.info("done: %s (quantizers %s); validation int8 (fake-quant) %s, float before QAT %s",
-             path, qat_path(path).name, json.dumps(final), json.dumps(base_figures))
-    if log_fn:
-        log_fn(f"export: fan-export --model {path} --target onnx,openvino,tflite --precision int8 --calib {spec.calib or ts.data[0]}")
-    return {"stopped": False, "out": str(out), "final": str(path), "figures": final, "base_figures": base_figures}
+    return train(spec.train, resume=resume, recipe=QATRecipe(spec, command, log_fn))
 
 
 def _card(spec: QATSpec, model: FAN, command: str, base: dict, init: dict, final: dict, history: list) -> dict[str, Any]:
@@ -488,16 +425,6 @@ def _card(spec: QATSpec, model: FAN, command: str, base: dict, init: dict, final
             "note": "figures are of the fake-quantized PyTorch model; fan-export --precision int8 measures each artifact",
         },
     }
-
-
-def _progress(total: int, first: int, epoch: int, epochs: int):
-    import os
-
-    from tqdm import tqdm
-
-    if os.environ.get("FAN_EDGE_NO_PROGRESS") == "1":
-        return None
-    return tqdm(total=total, initial=first, desc=f"qat epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
 
 
 __all__ = [

@@ -175,3 +175,24 @@ def format_markdown(report: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(titles[c] for c in COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(_cell(c, r.get(c)) for c in COLUMNS) + " |" for r in report]
     return "\n".join(lines) + "\n"
+
+
+def write_compression_report(bench: Iterable[str | Path], models: Mapping[str, str], out: str | Path) -> tuple[str, list[Path]]:
+    """The report of ``fan-quantize --report``: read the fan-bench JSON files ``bench``, build the table and the
+    fastest-artifact summary for ``models`` (step -> model, ``float`` required), write ``OUT/compression.json`` and
+    ``OUT/compression.md``; returns the markdown text and the two paths."""
+    from ..atomic import write_text_atomic
+    from ..errors import ConfigError
+
+    bench = list(bench)
+    if not bench or "float" not in models:
+        raise ConfigError("--report needs --bench JSON (fan-bench rows) and --float MODEL")
+    bench_rows = read_bench_rows(bench)
+    report = compression_rows(bench_rows, models)
+    summary = fastest_summary(bench_rows, report)
+    text = format_markdown(report) + "\n" + format_fastest(summary)
+    folder = Path(out)
+    paths = [folder / "compression.json", folder / "compression.md"]
+    write_text_atomic(paths[0], json.dumps({"models": dict(models), "rows": report, "fastest": summary}, indent=2) + "\n")
+    write_text_atomic(paths[1], text)
+    return text, paths

@@ -26,6 +26,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,7 +152,7 @@ def measure_sensitivity(
     images, matrices, gt = data["images"], data["matrices"], data["points"]
 
     def score(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pts, _ = decode_heatmaps(hm, cfg.input_size, cfg.refine)
+        pts, _ = decode_heatmaps(hm, cfg.input_size, model.weights.refine)
         return pts, per_face_nme(crop_points_to_image(pts, matrices), gt) * 100
 
     ref_pts, ref_nme = score(_heatmaps(model, images))
@@ -205,3 +206,35 @@ def measure_sensitivity(
         curve=points,
         seconds=time.perf_counter() - started,
     )
+
+
+def sensitivity_job(
+    model: str,
+    data: str | Path,
+    out: str | Path,
+    *,
+    calib: str | Path | None = None,
+    calib_faces: int = 128,
+    faces: int | None = 64,
+    scheme: str = "full",
+    estimator: str = "mean",
+    budget: float = 0.05,
+    log: Callable[[str], None] | None = None,
+) -> tuple[SensitivityReport, list[Path]]:
+    """``fan-quantize --sensitivity``: load ``model``, calibrate on ``calib`` (default: ``data``), score ``faces``
+    faces spread over ``data`` (None: all), and write ``OUT/sensitivity.json`` and ``OUT/sensitivity.md`` (every
+    layer); returns the report and the two paths."""
+    from ..atomic import check_writable, write_text_atomic
+    from ..calibration import calibration_faces
+    from ..models import create_model
+
+    folder = check_writable(out, "--out", kind="folder")  # before the long measurement
+    net = create_model(model).eval()
+    cfg = net.config
+    calibration = calibration_faces(calib or data, cfg.input_size, net.weights.crop, calib_faces)
+    scored = FaceCrops(data, cfg.input_size, net.weights.crop, count=faces or None, seed=1)
+    report = measure_sensitivity(net, calibration, scored, name=str(model), scheme=scheme, estimator=estimator, budget=budget, log=log)
+    paths = [folder / "sensitivity.json", folder / "sensitivity.md"]
+    write_text_atomic(paths[0], report.to_json())
+    write_text_atomic(paths[1], report.to_markdown(top=len(report.layers)))
+    return report, paths

@@ -43,28 +43,13 @@ import numpy as np
 
 from ..errors import BackendError, FanEdgeError, first_line
 from ..limits import MAX_THREADS, non_negative_int, positive_int, threads_arg
+from ..rows import ROW_KEYS, BenchRow, Status  # noqa: F401 - ROW_KEYS: re-exported for fan-bench and fan-profile
 
-# Row keys shared with fan-bench (fan_edge.bench.report); extra keys say how the row was measured.
-ROW_KEYS = (
-    "model",
-    "target",
-    "precision",
-    "device",
-    "status",
-    "size_mb",
-    "nme_io",
-    "nme_box",
-    "auc7",
-    "fr7",
-    "latency_ms_p50",
-    "latency_ms_p90",
-    "fps",
-    "speedup",
-)
-STATUS_PASSED = "passed"
-STATUS_FAILED_ACCURACY = "exported but failed accuracy"
-STATUS_FAILED = "failed"
-STATUS_DEVICE_ABSENT = "device absent"
+# The row (fan_edge.rows.BenchRow: fan-bench's keys, then how it was measured) and its statuses, shared with fan-bench.
+STATUS_PASSED = Status.PASSED
+STATUS_FAILED_ACCURACY = Status.FAILED_ACCURACY
+STATUS_FAILED = Status.FAILED
+STATUS_DEVICE_ABSENT = Status.DEVICE_ABSENT
 
 # Device families a target spec may name, and the backend device names that provide them.
 DEVICE_ALIASES: dict[str, tuple[str, ...]] = {
@@ -155,7 +140,7 @@ def time_artifact(
     threads: int | None = None,
     runs: int = 100,
     warmup: int = 10,
-) -> dict[str, Any]:
+) -> BenchRow:
     """Time ``runs`` batch-1 inferences of an artifact after ``warmup`` untimed ones; one fan-bench row.
 
     ``threads`` None leaves the backend's own default. Raises a
@@ -195,41 +180,37 @@ def time_artifact(
         backend_name = session.backend.name
         used = str(getattr(session.backend, "device", "") or "")  # the device the backend resolved "auto" to
     p50, p90 = float(np.percentile(times, 50)), float(np.percentile(times, 90))
-    return {
-        "model": c.model,
-        "target": backend_name,
-        "precision": c.precision,
-        "device": used if used and used != "auto" else ("cpu" if device == "auto" else device),
-        "status": STATUS_PASSED,
-        "size_mb": round(artifact_size_mb(p), 3),
-        "nme_io": None,
-        "nme_box": None,
-        "auc7": None,
-        "fr7": None,
-        "latency_ms_p50": round(p50, 3),
-        "latency_ms_p90": round(p90, 3),
-        "fps": round(1000.0 / p50, 2) if p50 > 0 else None,
-        "speedup": None,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "base_rss_mb": None if base is None else round(base, 1),
-        "latency_ms_mean": round(float(times.mean()), 3),
-        "latency_ms_min": round(float(times.min()), 3),
-        "threads": threads,
-        "runs": runs,
-        "warmup": warmup,
-        "batch": 1,
-        "input_size": c.input_size,
-        "load_s": round(load_s, 3),
-        "path": str(p),
-        "host": platform.node(),
-        "machine": platform.machine(),
-    }
+    return BenchRow(
+        model=c.model,
+        target=backend_name,
+        precision=c.precision,
+        device=used if used and used != "auto" else ("cpu" if device == "auto" else device),
+        status=Status.PASSED,
+        size_mb=round(artifact_size_mb(p), 3),
+        latency_ms_p50=round(p50, 3),
+        latency_ms_p90=round(p90, 3),
+        fps=round(1000.0 / p50, 2) if p50 > 0 else None,
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        base_rss_mb=None if base is None else round(base, 1),
+        threads=threads,
+        runs=runs,
+        warmup=warmup,
+        path=str(p),
+        more={
+            "latency_ms_mean": round(float(times.mean()), 3),
+            "latency_ms_min": round(float(times.min()), 3),
+            "batch": 1,
+            "input_size": c.input_size,
+            "load_s": round(load_s, 3),
+            "host": platform.node(),
+            "machine": platform.machine(),
+        },
+    )
 
 
-def failed_row(path: str | Path, reason: str, status: str = STATUS_FAILED, **known: Any) -> dict[str, Any]:
+def failed_row(path: str | Path, reason: str, status: Status = Status.FAILED, **known: Any) -> BenchRow:
     """A row for an artifact that could not be timed: every key present, figures null, the reason in ``error``."""
-    row: dict[str, Any] = {k: None for k in ROW_KEYS}
-    row.update(status=status, path=str(path), error=reason)
+    row = BenchRow(path=str(path)).fail(reason, status)
     row.update({k: v for k, v in known.items() if v is not None})
     return row
 
@@ -250,8 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _format(row: dict[str, Any]) -> str:
-    if row["status"] != STATUS_PASSED:
+def _format(row: BenchRow) -> str:
+    if row.status != Status.PASSED:
         return f"{row['path']}: {row['status']}: {row.get('error', '')}"
     return (
         f"{row['model']} {row['target']} {row['precision']} {row['device']}: {row['size_mb']:.2f} MB, "
@@ -271,12 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = time_artifact(args.artifact, args.backend, args.device, args.threads, args.runs, args.warmup)
         code = 0
     except DeviceAbsent as exc:
-        row, code = failed_row(args.artifact, str(exc), STATUS_DEVICE_ABSENT, device=args.device), 3
+        row, code = failed_row(args.artifact, str(exc), Status.DEVICE_ABSENT, device=args.device), 3
     except FanEdgeError as exc:
         row, code = failed_row(args.artifact, str(exc), device=args.device), 1
     except Exception as exc:  # a backend crashing on one artifact is that row's failure, reported in one line
         row, code = failed_row(args.artifact, first_line(exc, with_type=True), device=args.device), 1
-    print(json.dumps(row) if args.json else _format(row), file=sys.stdout if code == 0 or args.json else sys.stderr)
+    print(json.dumps(row.to_dict()) if args.json else _format(row), file=sys.stdout if code == 0 or args.json else sys.stderr)
     return code
 
 

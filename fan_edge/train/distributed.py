@@ -13,11 +13,27 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ConfigError, first_line
+
 
 def pick_device(requested: str) -> torch.device:
+    """The device ``--device`` names ("auto": a GPU when torch sees one); a one-line ConfigError for one that is
+    not there, before any model loads (not a traceback at the first tensor moved, nor a silent CPU run)."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"--device {requested!r} is not a device ({first_line(exc, 200)}); expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "meta":
+        raise ConfigError("--device meta holds no data: train on auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {requested}: torch sees no CUDA GPU here (use --device cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {requested}: torch sees {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    return device
 
 
 @dataclass

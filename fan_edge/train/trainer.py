@@ -1,10 +1,13 @@
-"""The training loop behind ``fan-train`` and ``fan-distill``.
+"""The one training loop: ``fan-train``, ``fan-distill``, ``fan-prune``'s fine-tune and ``fan-quantize --qat``.
 
 Resumable to the batch: the order of faces in an epoch and every augmentation
 draw are functions of ``(seed, epoch, index)``, so a run restarted from its
 last checkpoint sees exactly the batches it would have seen. Checkpoints and
 the best model are written atomically; one process in a ``torchrun`` group
-(rank 0) writes, validates and logs.
+(rank 0) writes, validates and logs. What differs between the commands is a
+:class:`Recipe` (the model's preparation, the loss, extra checkpoint state,
+the files written); the loop, resume, saving, signals, stop rules, the LR
+schedule, the log, the progress bar, ``--device`` and ``torchrun`` are shared.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..limits import check_batch
 from ..models import create_model, save_checkpoint
 from ..models.checkpoints import load_optimizer_state, load_weights, read_training_state
 from ..models.complexity import count_macs, count_parameters
-from ..models.config import FANConfig
+from ..models.pretrained import combined_config, config_and_weights
 from ..models.fan import FAN
 from .distributed import Distributed
 from .losses import LOSSES, stack_weights, stacked_loss
@@ -46,6 +49,8 @@ RESUME_ENTRIES = {"model": dict, "optimizer": dict, "epoch": int, "batch": int, 
                   "spec": dict, "spec.epochs": int, "config": dict}
 BEST = "best.safetensors"
 FINAL = "final.safetensors"
+# Settings of one invocation, not of the run: a resume takes them from the command, everything else from LAST.
+RUN_CONTROLS = ("out", "workers", "device", "max_minutes", "max_batches", "checkpoint_minutes")
 log = logging.getLogger("fan_edge.train")
 
 
@@ -88,7 +93,8 @@ def unlogged_epochs(log_file: Path, history: list[dict[str, Any]], epochs: int) 
             if isinstance(entry, dict) and isinstance(entry.get("epoch"), int) and entry["epoch"] not in logged]
 
 
-def _setup_logging(out: Path, is_main: bool) -> None:
+def _setup_logging(out: Path, is_main: bool, filename: str = "train.log") -> None:
+    """The run's log (``out/filename`` and stderr, rank 0 only) on this module's logger and its children."""
     log.setLevel(logging.INFO)
     log.propagate = False
     for h in list(log.handlers):
@@ -98,7 +104,7 @@ def _setup_logging(out: Path, is_main: bool) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
-    fh = logging.FileHandler(out / "train.log")
+    fh = logging.FileHandler(out / filename)
     fh.setFormatter(fmt)
     log.addHandler(fh)
     sh = logging.StreamHandler()
@@ -111,19 +117,14 @@ def build_model(spec: TrainSpec) -> FAN:
     model = create_model(spec.model, input_size=spec.input_size)
     if spec.init:
         warm_start(model, spec.init)
-    cfg = model.config
-    crop = cfg.crop
+    crop = model.weights.crop  # crop and refinement are the weights' record's (models/pretrained.py)
     if spec.reference_scale is not None or spec.center_shift is not None:
         crop = type(crop)(
             reference_scale=spec.reference_scale if spec.reference_scale is not None else crop.reference_scale,
             center_shift=spec.center_shift if spec.center_shift is not None else crop.center_shift,
             window=crop.window,
         )
-    new_cfg = cfg.replace(crop=crop, refine=spec.refine or cfg.refine)
-    if new_cfg != cfg:
-        state = model.state_dict()
-        model = FAN(new_cfg)
-        model.load_state_dict(state)
+    model.weights = model.weights.replace(crop=crop, refine=spec.refine or model.weights.refine)
     return model
 
 
@@ -172,17 +173,116 @@ def _save_state(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def _validate(model: FAN, spec: TrainSpec, device: torch.device) -> dict[str, float]:
+def validate(model: FAN, spec: TrainSpec, device: torch.device) -> dict[str, float]:
+    """The model's figures on ``spec.val`` (NME etc., in percent), evaluated on ``device``."""
     assert spec.val is not None
     result = evaluate_model(model, spec.val, batch_size=32, device=str(device))
     return {k: round(v, 4) for k, v in result.scores.as_percent().items()}
 
 
-def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
-    """Run (or resume) a training run; returns the final summary (best figures, paths)."""
+def heatmap_loss(spec: TrainSpec, outputs: list[torch.Tensor], batch: dict[str, Any], images: torch.Tensor,
+                 teacher: FAN | None, weights: list[float], device: torch.device) -> torch.Tensor:
+    """The heatmap loss on every stack: against the ground truth; with a teacher (fan-distill, fan-prune, QAT),
+    ``distill_weight`` of it against the teacher's heatmaps and the rest against the ground truth of the faces
+    that have it."""
+    target = batch["heatmaps"].to(device, non_blocking=True)
+    if teacher is None:
+        return stacked_loss(outputs, target, spec.loss, weights)
+    mask = batch["has_points"].to(device).float()
+    with torch.no_grad():
+        view = batch["teacher_image"].to(device, non_blocking=True) if "teacher_image" in batch else images
+        soft = teacher_heatmaps(teacher, view, outputs[-1].shape[-1])
+    loss = spec.distill_weight * stacked_loss(outputs, soft, spec.loss, weights)
+    if mask.sum() > 0:
+        loss = loss + (1 - spec.distill_weight) * stacked_loss(outputs, target, spec.loss, weights, mask)
+    return loss
+
+
+class Recipe:
+    """What makes a run of :func:`train` one command or another: the hooks of the one training loop.
+
+    The loop is shared (resume to the batch, atomic saves with the state
+    saved before its epoch's log line, signals and stop rules, the LR
+    schedule, the log and progress bar, ``--device`` and ``torchrun``); a
+    recipe says what differs:
+
+    - :meth:`prepare_model`: the student, new or rebuilt from a saved state
+      (QAT wraps it in fake quantizers once the float weights are loaded);
+    - :meth:`loss`: :func:`heatmap_loss` (the ground truth, plus the
+      teacher's heatmaps when the spec names a teacher);
+    - :meth:`extra_state`: entries ``last.ckpt`` holds beside the trainer's
+      (QAT: its quantizers' config), read back by :meth:`resumed_spec` and
+      :meth:`prepare_model` with :attr:`resume_entries` checked first;
+    - :meth:`make_optimizer`, :meth:`train_mode`, :meth:`keep_best`,
+      :meth:`finish`: parameter groups, BatchNorm, the files written.
+
+    This base is fan-train and fan-distill; fan-prune's fine-tune is
+    fan-distill of the pruned checkpoint (its pruned architecture is the
+    channel map in its config, which ``last.ckpt`` keeps too);
+    :class:`fan_edge.quantize.qat.QATRecipe` is fan-quantize --qat.
+    """
+
+    log_file = "train.log"
+    progress_label = "epoch"
+    resume_entries: dict[str, Any] = RESUME_ENTRIES
+    require_points: bool | None = None  # only faces with .pts; None: unless a teacher boxes the others
+
+    def resumed_spec(self, saved: dict[str, Any], given: TrainSpec, path: Path) -> TrainSpec:
+        """The spec a resume continues with: the saved one, with ``given``'s run controls and at least its epochs."""
+        controls = {name: getattr(given, name) for name in RUN_CONTROLS}
+        return TrainSpec.from_dict({**saved, **controls, "epochs": max(given.epochs, saved["epochs"])})
+
+    def spec_dict(self, spec: TrainSpec) -> dict[str, Any]:
+        """The run's spec as ``last.ckpt`` and ``spec.json`` record it."""
+        return spec.to_dict()
+
+    def prepare_model(self, spec: TrainSpec, state: dict[str, Any] | None, dist: Distributed, out: Path) -> FAN:
+        """The student: new (``state`` None) or as saved; the trainer moves it to the device after."""
+        if state is None:
+            return build_model(spec)
+        model = FAN(*config_and_weights(state["config"]))
+        load_weights(model, state["model"])
+        return model
+
+    def make_optimizer(self, spec: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
+        return make_optimizer(spec, model.parameters())
+
+    def train_mode(self, net: nn.Module) -> None:
+        """Put the network in training mode (at the start of every epoch: validation leaves it in eval mode)."""
+        net.train()
+
+    def loss(self, spec: TrainSpec, outputs: list[torch.Tensor], batch: dict[str, Any], images: torch.Tensor,
+             teacher: FAN | None, weights: list[float], device: torch.device) -> torch.Tensor:
+        return heatmap_loss(spec, outputs, batch, images, teacher, weights, device)
+
+    def extra_state(self, model: FAN) -> dict[str, Any]:
+        """Entries ``last.ckpt`` holds beside the trainer's own (:data:`RESUME_ENTRIES`)."""
+        return {}
+
+    def keep_best(self, model: FAN, spec: TrainSpec, figures: dict[str, float], epoch: int, dataset: ConcatFaces,
+                  history: list[dict[str, Any]], out: Path) -> None:
+        """Write the best model so far (or, without --val, the latest): ``best.safetensors`` with its card."""
+        save_checkpoint(model, out / BEST, _card(spec, model, figures, epoch, dataset, history))
+
+    def finish(self, model: FAN, spec: TrainSpec, history: list[dict[str, Any]], best: dict[str, Any],
+               dataset: ConcatFaces, out: Path) -> dict[str, Any]:
+        """The end of the schedule (rank 0): write the final model; returns entries for the summary."""
+        # The weights at the end of the schedule, selected by nothing: what zoo models ship.
+        final_figures = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss", "seconds")}
+        save_checkpoint(model, out / FINAL, _card(spec, model, final_figures, spec.epochs, dataset, history))
+        log.info("done: final %s, best %s", json.dumps(final_figures), json.dumps(best))
+        return {}
+
+
+def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the final summary (best figures, paths).
+
+    ``recipe``: the command's hooks (default: fan-train's, or fan-distill's when the spec names a teacher).
+    """
+    recipe = recipe if recipe is not None else Recipe()
     dist = Distributed.from_env(spec.device)
     out = check_writable(spec.out, "--out", kind="folder")  # a one-line error now, not a traceback at the first save
-    _setup_logging(out, dist.is_main)
+    _setup_logging(out, dist.is_main, recipe.log_file)
     torch.manual_seed(spec.seed)
     if spec.loss not in LOSSES:
         raise ConfigError(f"unknown loss {spec.loss!r}; expected one of {', '.join(LOSSES)}")
@@ -190,48 +290,44 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
     last_path = out / LAST
     state: dict[str, Any] | None = None
     if resume and last_path.is_file():
-        state = read_training_state(last_path, RESUME_ENTRIES)
-        spec = TrainSpec.from_dict({**state["spec"], "out": spec.out, "workers": spec.workers, "device": spec.device,
-                                    "max_minutes": spec.max_minutes, "max_batches": spec.max_batches, "epochs": max(spec.epochs, state["spec"]["epochs"])})
+        state = read_training_state(last_path, recipe.resume_entries)
+        spec = recipe.resumed_spec(state["spec"], spec, last_path)
         log.info("resuming %s at epoch %d batch %d", last_path, state["epoch"], state["batch"])
 
-    if state is None:
-        model = build_model(spec)
-    else:
-        model = FAN(FANConfig.from_dict(state["config"]))
-        load_weights(model, state["model"])
+    model = recipe.prepare_model(spec, state, dist, out)
     check_batch(spec.batch_size, model.config.input_size)  # at the model's own input size when the spec sets none
     teacher: FAN | None = None
     if spec.teacher:
         teacher = create_model(spec.teacher).to(dist.device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        if teacher.config.crop != model.config.crop:
+        if teacher.weights.crop != model.weights.crop:
             raise ConfigError(
-                f"teacher crop {teacher.config.crop} differs from the student's {model.config.crop}: its heatmaps would not line up; "
+                f"teacher crop {teacher.weights.crop} differs from the student's {model.weights.crop}: its heatmaps would not line up; "
                 "give the student the teacher's --reference-scale and --center-shift"
             )
     model.to(dist.device)
     model.train()
-    dataset = build_datasets(spec, model, require_points=teacher is None,
+    require_points = teacher is None if recipe.require_points is None else recipe.require_points
+    dataset = build_datasets(spec, model, require_points=require_points,
                         teacher_size=None if teacher is None else teacher.config.input_size)
     if spec.val is not None:
         read_folder(spec.val)  # a bad --val is a one-line error now, not after the first epoch
-    if teacher is not None:
+    if teacher is not None and not require_points:
         _box_unlabeled(dataset, teacher, model, dist.device)
     net: nn.Module = dist.wrap(model)
-    optimizer = make_optimizer(spec, net.parameters())
+    optimizer = recipe.make_optimizer(spec, model)
     if state is not None:
         load_optimizer_state(optimizer, state["optimizer"], last_path)
     weights = stack_weights(model.config.stacks, spec.stack_weights)
     start_epoch = state["epoch"] if state else 0
     start_batch = state["batch"] if state else 0
-    best = state["best"] if state else {}
+    best: dict[str, Any] = state["best"] if state and isinstance(state.get("best"), dict) else {}
     history: list[dict[str, Any]] = state["history"] if state else []
     if dist.is_main:
-        for line in unlogged_epochs(out / "train.log", history, spec.epochs):  # killed between a save and its line
+        for line in unlogged_epochs(out / recipe.log_file, history, spec.epochs):  # killed between a save and its line
             log.info("%s (logged on resume)", line)
-        write_text_atomic(out / "spec.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+        write_text_atomic(out / "spec.json", json.dumps(recipe.spec_dict(spec), indent=2) + "\n")
         log.info("model %s: %d params, %.3f GMACs, %d faces, device %s, world %d",
                  spec.model, count_parameters(model), count_macs(model, model.config.input_size) / 1e9,
                  len(dataset), dist.device, dist.world)
@@ -252,7 +348,8 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
         if dist.is_main:
             _save_state(last_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
-                "best": best, "history": history, "spec": spec.to_dict(), "config": model.config.to_dict(),
+                "best": best, "history": history, "spec": recipe.spec_dict(spec), "config": combined_config(model.config, model.weights),
+                **recipe.extra_state(model),
             })
 
     try:
@@ -264,25 +361,15 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
             loader = torch.utils.data.DataLoader(
                 dataset, batch_sampler=batches[first:], num_workers=spec.workers, persistent_workers=False,
             )
-            net.train()
+            recipe.train_mode(net)
             losses: list[float] = []
-            progress = _progress(len(batches), first, epoch, spec.epochs, dist.is_main)
+            progress = _progress(len(batches), first, epoch, spec.epochs, dist.is_main, recipe.progress_label)
             for b, batch in enumerate(loader, start=first):
                 for group in optimizer.param_groups:
                     group["lr"] = spec.lr * lr_factor(spec, epoch + b / max(len(batches), 1))
                 images = batch["image"].to(dist.device, non_blocking=True)
-                target = batch["heatmaps"].to(dist.device, non_blocking=True)
                 outputs = net(images)
-                mask = batch["has_points"].to(dist.device).float()
-                if teacher is not None:
-                    with torch.no_grad():
-                        view = batch["teacher_image"].to(dist.device, non_blocking=True) if "teacher_image" in batch else images
-                        soft = teacher_heatmaps(teacher, view, outputs[-1].shape[-1])
-                    loss = spec.distill_weight * stacked_loss(outputs, soft, spec.loss, weights)
-                    if mask.sum() > 0:
-                        loss = loss + (1 - spec.distill_weight) * stacked_loss(outputs, target, spec.loss, weights, mask)
-                else:
-                    loss = stacked_loss(outputs, target, spec.loss, weights)
+                loss = recipe.loss(spec, outputs, batch, images, teacher, weights, dist.device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -308,13 +395,13 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
             if first == 0:  # a whole epoch in this process: its time is what a card reports
                 entry["seconds"] = round(time.monotonic() - epoch_started, 1)
             if dist.is_main and spec.val and ((epoch + 1) % spec.val_every == 0 or epoch + 1 == spec.epochs):
-                figures = _validate(model, spec, dist.device)
+                figures = validate(model, spec, dist.device)
                 entry.update(figures)
                 if not best or figures["nme_io"] < best["nme_io"]:
                     best = dict(figures, epoch=epoch + 1)
-                    save_checkpoint(model, out / BEST, _card(spec, model, figures, epoch + 1, dataset, history))
+                    recipe.keep_best(model, spec, figures, epoch + 1, dataset, history, out)
             elif dist.is_main and not spec.val:
-                save_checkpoint(model, out / BEST, _card(spec, model, {}, epoch + 1, dataset, history))
+                recipe.keep_best(model, spec, {}, epoch + 1, dataset, history, out)
             history.append(entry)
             save(epoch + 1, 0)  # the state first: a kill before the line below loses no line (resume writes it)
             last_save = time.monotonic()
@@ -325,12 +412,8 @@ def train(spec: TrainSpec, resume: bool = True) -> dict[str, Any]:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         dist.close()
-    if dist.is_main:
-        # The weights at the end of the schedule, selected by nothing: what zoo models ship.
-        final_figures = {k: v for k, v in (history[-1] if history else {}).items() if k not in ("epoch", "loss", "seconds")}
-        save_checkpoint(model, out / FINAL, _card(spec, model, final_figures, spec.epochs, dataset, history))
-        log.info("done: final %s, best %s", json.dumps(final_figures), json.dumps(best))
-    return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out)}
+    extra = recipe.finish(model, spec, history, best, dataset, out) if dist.is_main else {}
+    return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out), **extra}
 
 
 def teacher_heatmaps(teacher: FAN, images: torch.Tensor, size: int) -> torch.Tensor:
@@ -353,12 +436,12 @@ def teacher_heatmaps(teacher: FAN, images: torch.Tensor, size: int) -> torch.Ten
     return heatmaps
 
 
-def _progress(total: int, first: int, epoch: int, epochs: int, enabled: bool):
+def _progress(total: int, first: int, epoch: int, epochs: int, enabled: bool, label: str = "epoch"):
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+    return tqdm(total=total, initial=first, desc=f"{label} {epoch + 1}/{epochs}", unit="batch", leave=False,
                 disable=os.environ.get("FAN_EDGE_NO_PROGRESS") == "1")
 
 
@@ -378,11 +461,11 @@ def _box_unlabeled(dataset: ConcatFaces, teacher: FAN, student: FAN, device: tor
                 continue
             image = load_image(item.image)
             h, w = image.shape[:2]
-            side = min(h, w) * teacher.config.crop.reference_scale / (2 * teacher.config.crop.window)
+            side = min(h, w) * teacher.weights.crop.reference_scale / (2 * teacher.weights.crop.window)
             box = np.array([(w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2])
-            m = crop_matrix(box, size, teacher.config.crop)
+            m = crop_matrix(box, size, teacher.weights.crop)
             x = torch.from_numpy(to_network_input(warp_image(image, m, size)[None])).to(device)
-            pts, _ = decode_heatmaps(teacher(x).float().cpu().numpy(), size, teacher.config.refine)
+            pts, _ = decode_heatmaps(teacher(x).float().cpu().numpy(), size, teacher.weights.refine)
             found = landmark_boxes(crop_points_to_image(pts, m[None]))[0]
             try:  # landmarks collapsed into a point or scattered far off: keep the centre box the crop used
                 part.boxes[i] = check_boxes(found, w, h)[0]

@@ -108,7 +108,7 @@ def drop_stacks(model: FAN, stacks: int) -> FAN:
         return model
     from ...models.checkpoints import load_weights
 
-    kept = FAN(model.config.replace(stacks=stacks))
+    kept = FAN(model.config.replace(stacks=stacks), model.weights)
     load_weights(kept, model.state_dict())  # truncates the later stacks and the last kept stack's links
     return kept.eval()
 
@@ -244,7 +244,7 @@ def prune_channels(
 
     # The pruned module as a normal FAN: its channel map goes into the config, its weights load strictly.
     pruned_cfg = cfg.replace(channels=_channel_map(work))
-    pruned = FAN(pruned_cfg)
+    pruned = FAN(pruned_cfg, model.weights)
     try:
         pruned.load_state_dict(work.state_dict(), strict=True)
     except RuntimeError as exc:  # DepGraph left something the channel map cannot express: a bug, not user error
