@@ -186,7 +186,7 @@ def predict_photo(
     The photo is taken as displayed (its EXIF orientation applied): ``boxes``
     and the points returned are in that frame, the one a viewer shows.
     """
-    from .data.images import read_image
+    from .files.images import read_image
 
     min_score = check_min_score(min_score) if boxes is None else None
     image = read_image(image_path)

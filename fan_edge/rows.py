@@ -1,7 +1,7 @@
 """What fan-export and fan-bench report: one status vocabulary (:class:`Status`) and the bench row (:class:`BenchRow`).
 
 Both import this module, and it imports nothing of fan-edge's (no torch, no
-numpy): the torch-free timing process (:mod:`fan_edge.runtime.bench`), the
+numpy): the torch-free timing process (:mod:`fan_edge.ondevice.bench`), the
 exporter (:class:`fan_edge.export.exporter.ExportResult`, the sidecar's
 ``verification.status``) and fan-bench's runner and reports all speak it.
 

@@ -59,7 +59,7 @@ def _synthetic_faces(folder: Path, count: int = 6) -> Path:
     import cv2
     import numpy as np
 
-    from fan_edge.data.pts import write_pts
+    from fan_edge.files.pts import write_pts
 
     rng = np.random.default_rng(7)
     folder.mkdir(parents=True, exist_ok=True)

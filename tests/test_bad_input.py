@@ -400,7 +400,7 @@ def test_huge_photo_is_refused_without_decoding_it(env: SimpleNamespace, monkeyp
     def no_decoding(*args, **kwargs):
         raise AssertionError("the 20000x20000 photo was handed to the decoder")
 
-    monkeypatch.setattr(cv2, "imdecode", no_decoding)  # fan_edge.data.images imports cv2 where it decodes
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)  # fan_edge.files.images imports cv2 where it decodes
     monkeypatch.setattr(cv2, "imread", no_decoding)
     code = MAIN["fan-edge"](["predict", str(env.img / "huge.png"), "--model", str(env.onnx), "--boxes", BOX])
     err = capfd.readouterr().err
@@ -474,7 +474,7 @@ def test_api_bad_image_arrays(name: str, session) -> None:
 @pytest.mark.parametrize("name", ["grey", "rgba", "deep16", "grey16", "tiny1x1"])
 def test_api_images_that_must_work(name: str, env: SimpleNamespace, session) -> None:
     """Every depth and layout the file decodes to goes to the session as it is, and agrees with the RGB photo."""
-    from fan_edge.data.images import read_image
+    from fan_edge.files.images import read_image
 
     image = read_image(env.img / f"{name}.png")
     box = [[-1, -1, 1, 1]] if name == "tiny1x1" else [[20, 20, 130, 140]]
@@ -488,7 +488,7 @@ def test_api_images_that_must_work(name: str, env: SimpleNamespace, session) -> 
 @pytest.mark.parametrize("name", ["empty.jpg", "notes.jpg", "random.jpg", "cut.png", "crc.png", "cut.jpg", "int32.tif",
                                   "huge.png", "nope.png", "a-folder.png"])
 def test_api_bad_image_files(name: str, env: SimpleNamespace, capfd) -> None:
-    from fan_edge.data.images import check_image_file, load_image, read_image
+    from fan_edge.files.images import check_image_file, load_image, read_image
 
     for read in (read_image, load_image, check_image_file):
         if read is check_image_file and name in ("cut.png", "crc.png", "cut.jpg", "int32.tif"):
@@ -509,7 +509,7 @@ def test_api_bad_pts_folder_fails_before_any_face_is_loaded(name: str, env: Simp
 
 
 def test_api_pts_that_is_a_folder(tmp_path: Path) -> None:
-    from fan_edge.data.pts import read_pts
+    from fan_edge.files.pts import read_pts
 
     (tmp_path / "face.pts").mkdir()
     with pytest.raises(DataError, match="cannot read"):

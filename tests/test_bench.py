@@ -19,7 +19,7 @@ from fan_edge.bench.targets import BenchTarget, parse_targets
 from fan_edge.cli import bench_main
 from fan_edge.errors import BenchError
 from fan_edge.rows import EXTRA_KEYS, BenchRow, Status
-from fan_edge.runtime.bench import ROW_KEYS, time_artifact
+from fan_edge.ondevice.bench import ROW_KEYS, time_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(runs=3, warmup=1, threads=1)
@@ -81,7 +81,7 @@ def test_time_artifact_row(exported):
 def test_runtime_bench_module_is_torch_free_and_reports_failures_as_rows(exported, tmp_path):
     path = exported[("openvino", "fp32", "heatmaps")].path
     code = (
-        "import sys, json; from fan_edge.runtime.bench import main; rc = main(sys.argv[1:]); "
+        "import sys, json; from fan_edge.ondevice.bench import main; rc = main(sys.argv[1:]); "
         "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     run = lambda *args: subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=REPO)  # noqa: E731

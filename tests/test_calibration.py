@@ -9,7 +9,7 @@ import pytest
 
 from fan_edge.calibration import FaceCrops, calibration_faces, cover, lighting, pose_proxies
 from fan_edge.data.augment import mirror_points
-from fan_edge.data.pts import read_pts
+from fan_edge.files.pts import read_pts
 from fan_edge.errors import DataError
 from fan_edge.runtime.detect import Detections
 

@@ -116,7 +116,7 @@ def test_shared_data_is_looked_up_beside_the_checkout_or_the_cwd(tmp_path, monke
 
 def test_library_has_no_checkout_defaults():
     """No ../shared path or PYTHONPATH edit in the modules this package's commands own (the CLI resolves defaults)."""
-    for name in ("fan_edge/predict.py", "fan_edge/runtime/detect.py", "fan_edge/bench/pareto.py", "fan_edge/bench/evaluate.py",
+    for name in ("fan_edge/predict.py", "fan_edge/runtime/detect.py", "fan_edge/bench/pareto.py", "fan_edge/evaluation.py",
                  "fan_edge/bench/settings.py"):
         text = (REPO / name).read_text()
         assert "../shared" not in text and "PYTHONPATH" not in text and "sys.path" not in text, name
@@ -232,7 +232,7 @@ def _row(model, target, precision, ms, nme, **kw):
 
 def test_pareto_points_carry_model_names_and_the_legend_says_what_markers_mean():
     from fan_edge.bench.pareto import LEGEND, legend_keys, point_label
-    from fan_edge.runtime.bench import STATUS_FAILED_ACCURACY
+    from fan_edge.ondevice.bench import STATUS_FAILED_ACCURACY
 
     rows = [_row("fan2-w64-i128-300w", "torch", "fp32", 30.0, 4.5), _row("runs/x/final.safetensors", "onnxruntime", "int8", 3.0, 4.6),
             _row("fan2-w64-i128-300w", "litert", "int8", 10.0, 4.9, device="ethos-u55-128", latency_source="vela estimate (x)"),

@@ -11,7 +11,7 @@ import pytest
 
 from fan_edge.data import FaceFolder, landmark_boxes, read_pts, scan_folder
 from fan_edge.data.augment import AugmentSpec
-from fan_edge.data.images import load_image
+from fan_edge.files.images import load_image
 from fan_edge.errors import DataError
 from fan_edge.runtime.crop import CropSpec, apply_affine, box_center_and_side, crop_matrix, warp_image
 from fan_edge.runtime.decode import crop_points_to_image, crop_to_heatmap, decode_heatmaps

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fan_edge.bench.evaluate import evaluate_model
+from fan_edge.evaluation import evaluate_model
 from fan_edge.models import create_model, get_entry
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fan_edge.bench.evaluate import _progress, evaluate_model, evaluate_session, training_folders
+from fan_edge.evaluation import _progress, evaluate_model, evaluate_session, training_folders
 from fan_edge.cli import main
 from fan_edge.errors import DataError
 

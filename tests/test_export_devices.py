@@ -164,7 +164,7 @@ def test_qnn_export_fully_offloads_and_writes_an_epcontext_model(qnn_export):
 def test_the_epcontext_model_runs_through_the_runtime(qnn_export, synthetic_faces):
     import cv2
 
-    from fan_edge.data.pts import read_pts
+    from fan_edge.files.pts import read_pts
     from fan_edge.runtime import LandmarkSession
 
     _, result = qnn_export

@@ -18,8 +18,8 @@ from hypothesis.extra import numpy as hnp
 from fan_edge.data.augment import AugmentSpec, mirror_points, random_similarity
 from fan_edge.data.dataset import FaceFolder
 from fan_edge.data.heatmaps import gaussian_heatmaps
-from fan_edge.data.metrics import landmark_boxes
-from fan_edge.data.pts import write_pts
+from fan_edge.files.folders import landmark_boxes
+from fan_edge.files.pts import write_pts
 from fan_edge.runtime.crop import (
     CropSpec,
     apply_affine,

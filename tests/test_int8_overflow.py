@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from fan_edge.cli import main  # noqa: E402
 from fan_edge.errors import ExportError  # noqa: E402
 from fan_edge.export.int8_overflow import INT16_MAX, check_u8s8_overflow, u8s8_overflow, worst_pair_sums  # noqa: E402
-from fan_edge.export.portability import check_artifact, onnx_batch_mismatches  # noqa: E402
+from fan_edge.export.portability import onnx_batch_mismatches  # noqa: E402
 
 CHANNELS = 16
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from fan_edge.cli import main
-from fan_edge.data.pts import read_pts
+from fan_edge.files.pts import read_pts
 from fan_edge.label import (
     LABELS,
     LabelSpec,

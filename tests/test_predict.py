@@ -28,7 +28,7 @@ def _faces(folder: Path, step: int, offset: int = 0):
     """(image RGB uint8, ground-truth points, landmark box) for every ``step``-th annotated face."""
     import cv2
 
-    from fan_edge.data.pts import read_pts
+    from fan_edge.files.pts import read_pts
 
     for pts in sorted(folder.glob("*.pts"))[offset::step]:
         image = next(pts.with_suffix(s) for s in (".jpg", ".png") if pts.with_suffix(s).is_file())

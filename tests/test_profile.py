@@ -502,7 +502,7 @@ def test_ssh_profile_against_a_real_server(ssh_server, onnx_artifact, capsys):
     assert row["runs"] == 5 and row["warmup"] == 1 and row["threads"] == 1 and row["peak_rss_mb"] > 0
     assert row["size_mb"] == pytest.approx(onnx_artifact.stat().st_size / 1e6, abs=1e-3)
     assert row["remote"] == f"127.0.0.1:{ssh_server.port}" and row["path"] == str(onnx_artifact)
-    bench = next(c for c in ssh_server.commands if "fan_edge.runtime.bench" in c)
+    bench = next(c for c in ssh_server.commands if "fan_edge.ondevice.bench" in c)
     remote_artifact = shlex.split(bench)[3]
     assert remote_artifact.endswith("/tiny fp32.onnx") and "/fan-profile." in remote_artifact
     assert _remote_dirs() == before  # the remote folder was removed
@@ -519,7 +519,7 @@ def test_ssh_profile_prints_a_table_and_csv(ssh_server, onnx_artifact, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["Model", "Target", "Precision", "Device"] and "p50 ms" in table[0] and "Peak MB" in table[0]
     assert "onnxruntime" in table[2] and "passed" in table[2]
-    assert table[3].endswith("timed by fan_edge.runtime.bench") and "3 runs after 0 warm-up" in table[3]
+    assert table[3].endswith("timed by fan_edge.ondevice.bench") and "3 runs after 0 warm-up" in table[3]
 
 
 def test_ssh_remote_failures(ssh_server, onnx_artifact, tmp_path, capsys):
@@ -569,7 +569,7 @@ def test_ssh_command_lines():
     assert scp[:2] == ["scp", "-q"] and scp[scp.index("-P") + 1] == "2222"
     assert scp[-3:] == ["m.xml", "m.bin", "pi@edge:/tmp/fan-profile.ab/"]
     assert bench_command(options, "/tmp/fan-profile.ab/my m.onnx") == (
-        "~/venv/bin/python -m fan_edge.runtime.bench '/tmp/fan-profile.ab/my m.onnx' --json --backend auto --device auto "
+        "~/venv/bin/python -m fan_edge.ondevice.bench '/tmp/fan-profile.ab/my m.onnx' --json --backend auto --device auto "
         "--runs 7 --warmup 1 --threads 2")
     assert scp_destination("::1", "/t") == "[::1]:/t/" and scp_destination("u@fe80::1", "/t") == "u@[fe80::1]:/t/"
     assert parse_row('warning: something\n{"status": "passed"}\n') == {"status": "passed"}

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fan_edge.data.pts import MAX_PTS_BYTES, format_pts, parse_pts, read_pts, write_pts
+from fan_edge.files.pts import MAX_PTS_BYTES, format_pts, parse_pts, read_pts, write_pts
 from fan_edge.errors import DataError, FanEdgeError
 
 

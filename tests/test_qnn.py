@@ -92,7 +92,7 @@ def test_the_emulated_npu_matches_the_cpu(qdq, context, synthetic_faces):
     """Landmarks through the app-facing session on the HTP against the QDQ graph evaluated in float on the CPU."""
     import cv2
 
-    from fan_edge.data.pts import read_pts
+    from fan_edge.files.pts import read_pts
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.disable_quant_qdq", "1")

@@ -46,7 +46,6 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def _tiff(entries: list[tuple[int, int, int]], big: bool = False) -> bytes:
     """A TIFF holding only a first directory of (tag, type, value) entries, value inline."""
-    sizes = {1: 1, 3: 2, 4: 4, 8: 2, 9: 4, 16: 8}
     codes = {1: "B", 3: "H", 4: "I", 8: "h", 9: "i", 16: "Q"}
     inline = 8 if big else 4
     body = b""
@@ -145,7 +144,7 @@ def no_decoding(monkeypatch):
 
 @pytest.mark.parametrize("name", list(BOMBS))
 def test_bombs_are_refused_from_the_header_in_every_format(name: str, tmp_path: Path, no_decoding) -> None:
-    from fan_edge.data.images import check_image_file, load_image, read_image
+    from fan_edge.files.images import check_image_file, load_image, read_image
 
     data, message = BOMBS[name]
     path = tmp_path / name
@@ -158,7 +157,7 @@ def test_bombs_are_refused_from_the_header_in_every_format(name: str, tmp_path: 
 
 
 def test_a_file_over_a_gibibyte_is_not_read_into_memory(tmp_path: Path, no_decoding) -> None:
-    from fan_edge.data.images import read_image
+    from fan_edge.files.images import read_image
 
     path = tmp_path / "padded.jpg"
     path.write_bytes(_jpeg_sof(0xC0, 64, 64))
@@ -187,7 +186,7 @@ def _hdr_bomb(width: int, height: int) -> bytes:
 _PEAK = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # a regression fails here instead of taking the machine
-from fan_edge.data.images import read_image
+from fan_edge.files.images import read_image
 from fan_edge.errors import DataError
 try:
     read_image(sys.argv[1])
@@ -212,7 +211,7 @@ def test_a_real_bomb_costs_a_fresh_process_no_memory(tmp_path: Path) -> None:
                                  ".jp2", ".gif", ".avif"])
 def test_ordinary_files_of_every_format_still_read(ext: str, tmp_path: Path) -> None:
     """The header readers refuse bombs, not images: a small file of each format decodes to its own size."""
-    from fan_edge.data.images import check_image_file, read_image
+    from fan_edge.files.images import check_image_file, read_image
 
     rgb = np.zeros((60, 80, 3), np.uint8)
     rgb[..., 0], rgb[..., 1] = np.arange(80) * 3, 90
@@ -232,8 +231,8 @@ def test_ordinary_files_of_every_format_still_read(ext: str, tmp_path: Path) -> 
 @pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tif", ".ppm", ".pgm", ".gif", ".pfm", ".hdr", ".jp2"])
 def test_the_pillow_decoder_gives_opencvs_pixels_or_says_it_needs_opencv(ext: str, tmp_path: Path, monkeypatch) -> None:
     """The runtime-only install decodes with Pillow: the same array as OpenCV's for its formats, one line for the rest."""
-    from fan_edge.data.headers import read_header
-    from fan_edge.data.images import PILLOW_FORMATS, read_image
+    from fan_edge.files.headers import read_header
+    from fan_edge.files.images import PILLOW_FORMATS, read_image
     from fan_edge.errors import DataError
 
     rgb = np.zeros((60, 80, 3), np.uint8)
@@ -264,7 +263,7 @@ def test_the_pillow_decoder_gives_opencvs_pixels_or_says_it_needs_opencv(ext: st
 
 def test_the_pillow_decoder_sizes_the_image_from_its_own_reading(tmp_path: Path, monkeypatch) -> None:
     """A bomb that passes fan-edge's header reader (here: the limit lowered) is still refused before Pillow decodes it."""
-    import fan_edge.data.images as images
+    import fan_edge.files.images as images
     from fan_edge.errors import DataError
 
     path = tmp_path / "big.png"
@@ -284,9 +283,9 @@ INVERSE = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}  # stored = apply(INV
 @pytest.fixture(scope="module")
 def face(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """A real AFW face, cut to a 260 x 200 region around it (fast to encode 32 times), and its landmark box there."""
-    from fan_edge.data.images import read_image
-    from fan_edge.data.metrics import landmark_boxes
-    from fan_edge.data.pts import read_pts
+    from fan_edge.files.images import read_image
+    from fan_edge.files.folders import landmark_boxes
+    from fan_edge.files.pts import read_pts
 
     pts = sorted((data_dir / "afw").glob("*.pts"))[0]
     image, points = read_image(pts.with_suffix(".jpg")), read_pts(pts)
@@ -317,7 +316,7 @@ def test_apply_orientation_is_what_pillow_shows() -> None:
 
     from PIL import Image, ImageOps
 
-    from fan_edge.data.images import apply_orientation
+    from fan_edge.files.images import apply_orientation
 
     stored = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     for o in range(1, 9):
@@ -341,7 +340,7 @@ def test_sideways_photos_read_upright_and_give_the_upright_landmarks(fmt: str, d
     pytest.importorskip("PIL")
     from PIL import Image, ImageOps
 
-    from fan_edge.data.images import apply_orientation, check_image_file, read_image
+    from fan_edge.files.images import apply_orientation, check_image_file, read_image
 
     monkeypatch.setenv("FAN_EDGE_IMAGE_DECODER", decoder)
     upright, box = face
@@ -444,7 +443,7 @@ def test_the_cli_refuses_extreme_boxes_in_one_line(text: str, message: str, tmp_
 
 def test_a_pts_of_extreme_coordinates_is_refused_when_the_folder_is_read(data_dir: Path, tmp_path: Path) -> None:
     from fan_edge.data import FaceFolder
-    from fan_edge.data.pts import read_pts, write_pts
+    from fan_edge.files.pts import read_pts, write_pts
 
     pts = sorted((data_dir / "afw").glob("*.pts"))[0]
     for name, scale, message in (("far", 1e300, "100 times"), ("collapsed", 0.0, "degenerate")):

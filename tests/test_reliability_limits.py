@@ -421,7 +421,7 @@ def test_train_spec_is_bounded(change, message):
 
 
 def test_evaluation_batch_is_bounded(tmp_path):
-    from fan_edge.bench.evaluate import evaluate_model
+    from fan_edge.evaluation import evaluate_model
 
     with pytest.raises(ConfigError, match="batch_size must be between 1 and 4096"):
         evaluate_model(FAN(TINY), tmp_path, batch_size=10**6)
@@ -433,8 +433,8 @@ def test_evaluation_batch_is_bounded(tmp_path):
 def _cli(entry: str):
     import fan_edge.cli as cli
 
-    if entry == "runtime.bench":
-        from fan_edge.runtime.bench import build_parser
+    if entry == "ondevice.bench":
+        from fan_edge.ondevice.bench import build_parser
 
         return lambda argv: build_parser().parse_args(argv)
     if entry == "torch_bench":
@@ -461,7 +461,7 @@ def _cli(entry: str):
         ("train_main", ["--data", "d", "--workers", "100"], "--workers"),
         ("distill_main", ["--data", "d", "--teacher", "t", "--workers", "-1"], "--workers"),
         ("export_main", ["--target", "onnx", "--input-size", "4096"], "--input-size"),
-        ("runtime.bench", ["x.onnx", "--threads", "5000"], "--threads"),
+        ("ondevice.bench", ["x.onnx", "--threads", "5000"], "--threads"),
         ("torch_bench", ["default", "--threads", "5000"], "--threads"),
     ],
 )
@@ -471,7 +471,7 @@ def test_flags_are_bounded_at_parse_time(entry, argv, flag, capsys):
     assert excinfo.value.code == 2
     err = capsys.readouterr().err.strip()
     assert flag in err and "must be between" in err, err
-    if entry not in ("runtime.bench", "torch_bench"):  # those keep argparse's usage line before the error
+    if entry not in ("ondevice.bench", "torch_bench"):  # those keep argparse's usage line before the error
         assert len(err.splitlines()) == 1, err
 
 
@@ -481,7 +481,7 @@ def test_thread_parameters_are_bounded_in_the_api(tmp_path):
     from fan_edge.bench.runner import BenchOptions, run_bench
     from fan_edge.label import LabelSpec, label_folder
     from fan_edge.runtime.backends import load_backend
-    from fan_edge.runtime.soak import soak_session
+    from fan_edge.ondevice.soak import soak_session
 
     artifact = tmp_path / "model.onnx"
     artifact.write_bytes(b"\x00")

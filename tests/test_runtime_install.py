@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fan_edge.data.metrics import landmark_boxes
-from fan_edge.data.pts import read_pts
+from fan_edge.files.folders import landmark_boxes
+from fan_edge.files.pts import read_pts
 from fan_edge.runtime.session import LandmarkSession
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_no_torch_in_the_runtime_install(runtime_venv: Path):
                         "opencv-python-headless"}, names
     imported = _run(runtime_venv, "python", "-c", "import fan_edge.runtime, fan_edge.predict, sys; print('torch' in sys.modules)")
     assert imported.stdout.strip() == "False", imported.stderr
-    decoder = _run(runtime_venv, "python", "-c", "from fan_edge.data.images import image_decoder; print(image_decoder())")
+    decoder = _run(runtime_venv, "python", "-c", "from fan_edge.files.images import image_decoder; print(image_decoder())")
     assert decoder.stdout.strip() == "pillow", decoder.stderr
 
 
@@ -78,7 +78,7 @@ def test_predict_on_a_real_face_matches_the_full_install(runtime_venv: Path, dat
     done = _run(runtime_venv, "fan-edge", "predict", str(image), "--model", str(artifact), "--out", str(drawn),
                 "--boxes", ",".join(f"{v:.3f}" for v in box))
     assert done.returncode == 0 and drawn.stat().st_size > 0, done.stderr
-    from fan_edge.data.images import read_image
+    from fan_edge.files.images import read_image
 
     # The full install decodes with OpenCV, the runtime-only one with Pillow: the same libjpeg-turbo pixels.
     expected, _ = LandmarkSession(artifact).predict(read_image(image), np.round(box, 3)[None])

@@ -1,4 +1,4 @@
-"""The soak's mechanics (fan_edge.runtime.soak): 8 threads against a sequential run, on every backend.
+"""The soak's mechanics (fan_edge.ondevice.soak): 8 threads against a sequential run, on every backend.
 
 The soak's figures (10,000 calls, memory growth, throughput) are benchmark
 results in docs/runtime.md; here only that the soak runs, compares, counts and
@@ -139,7 +139,7 @@ def test_the_soak_runs_without_torch(onnx_path, synthetic_faces):
     """An edge box has no torch: the soak, its data readers included, must not import it."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from fan_edge.runtime.soak import main\n"
+        "from fan_edge.ondevice.soak import main\n"
         f"rc = main([{str(onnx_path)!r}, '--threads', '2', '--calls', '20', '--faces', {str(synthetic_faces)!r}, '--json'])\n"
         "sys.exit(7 if any(m.startswith('torch.') for m in sys.modules) else rc)\n"
     )

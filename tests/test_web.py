@@ -189,9 +189,9 @@ def page_run(tmp_path_factory, data_dir):
     the Python runtime's answers."""
     import cv2
 
-    from fan_edge.data.images import read_image
-    from fan_edge.data.metrics import landmark_boxes
-    from fan_edge.data.pts import read_pts
+    from fan_edge.files.images import read_image
+    from fan_edge.files.folders import landmark_boxes
+    from fan_edge.files.pts import read_pts
     from fan_edge.runtime.session import LandmarkSession
 
     node, chromium = _node(), _chromium()

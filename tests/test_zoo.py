@@ -12,6 +12,7 @@ import pytest
 from fan_edge.data.heatmaps import gaussian_heatmaps
 from fan_edge.errors import ConfigError
 from fan_edge.models import create_model, read_checkpoint, save_checkpoint
+from fan_edge.bench.card import measure_card
 from fan_edge.models.bundle import absolute_paths, bundle, development_weights_folder, portable_card
 from fan_edge.models.table import format_table, zoo_rows
 from fan_edge.runtime.decode import decode_heatmaps
@@ -25,7 +26,7 @@ def test_bundle_measures_the_card_on_the_given_faces(data_dir: Path, tmp_path: P
         (faces / jpg.with_suffix(".pts").name).symlink_to(jpg.with_suffix(".pts"))
     ckpt = save_checkpoint(create_model("fan1-w32-i128", weights=False), tmp_path / "run.safetensors",
                            {"recipe": "fan-train --model fan1-w32-i128", "figures": {"nme_io": 0.1}})
-    out = bundle(ckpt, "tiny-test", faces, default=True, folder=tmp_path / "zoo")
+    out = bundle(ckpt, "tiny-test", faces, default=True, folder=tmp_path / "zoo", measure=measure_card)
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["name"] == "tiny-test" and card["default"] is True
     assert card["recipe"] == "fan-train --model fan1-w32-i128"
@@ -39,7 +40,7 @@ def test_bundle_measures_the_card_on_the_given_faces(data_dir: Path, tmp_path: P
 
 def test_bundle_refuses_names_that_shadow_variants(tmp_path: Path):
     with pytest.raises(ConfigError):
-        bundle(tmp_path / "x.safetensors", "fan2-w64-i128", tmp_path, folder=tmp_path)
+        bundle(tmp_path / "x.safetensors", "fan2-w64-i128", tmp_path, folder=tmp_path, measure=measure_card)
 
 
 def test_table_lists_every_variant_with_counted_macs():
@@ -86,9 +87,7 @@ def test_bundled_cards_hold_no_machine_paths():
 
 def test_bundle_writes_paths_relative_to_the_data_root(tmp_path: Path, monkeypatch):
     from fan_edge.models import Weights
-    from fan_edge.models import bundle as bundle_module
 
-    monkeypatch.setattr(bundle_module, "measure_card", _fake_measure)
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "data"
     afw = root / "300w" / "afw"
@@ -103,7 +102,7 @@ def test_bundle_writes_paths_relative_to_the_data_root(tmp_path: Path, monkeypat
     }
     model = create_model("fan1-w32-i128", weights=Weights(crop={"reference_scale": 280.0, "center_shift": 0.0}, refine="gaussian"))
     ckpt = save_checkpoint(model, tmp_path / "run.safetensors", card)
-    out = bundle(ckpt, "tiny-paths", afw, folder=tmp_path / "zoo", data_root=root)
+    out = bundle(ckpt, "tiny-paths", afw, folder=tmp_path / "zoo", data_root=root, measure=_fake_measure)
     text = out.with_suffix(".json").read_text()
     written = json.loads(text)
     assert absolute_paths(written) == [] and str(tmp_path) not in text
@@ -117,7 +116,7 @@ def test_bundle_writes_paths_relative_to_the_data_root(tmp_path: Path, monkeypat
     reloaded = create_model(out)
     assert reloaded.weights.refine == "gaussian" and reloaded.weights.crop == model.weights.crop
     # without --data-root: relative to the folder above the evaluation faces
-    default_root = json.loads(bundle(ckpt, "tiny-paths2", afw, folder=tmp_path / "zoo").with_suffix(".json").read_text())
+    default_root = json.loads(bundle(ckpt, "tiny-paths2", afw, folder=tmp_path / "zoo", measure=_fake_measure).with_suffix(".json").read_text())
     assert default_root["data"]["validation"] == "afw" and default_root["data"]["train"][0] == "helen_train"
 
 
@@ -133,7 +132,7 @@ def test_bundle_needs_a_folder_outside_a_development_checkout(tmp_path: Path, mo
     assert development_weights_folder() == REPO_WEIGHTS  # this checkout: the package's folder is the zoo
     monkeypatch.setattr(bundle_module, "development_weights_folder", lambda: None)
     with pytest.raises(ConfigError, match="--out"):
-        bundle(tmp_path / "x.safetensors", "tiny-test", tmp_path)
+        bundle(tmp_path / "x.safetensors", "tiny-test", tmp_path, measure=measure_card)
 
 
 def test_bundle_help_says_where_it_writes():

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import BenchError
-from ..runtime.bench import STATUS_FAILED_ACCURACY
+from ..ondevice.bench import STATUS_FAILED_ACCURACY
 
 FRONT_COLOUR, OTHER_COLOUR = "tab:red", "tab:blue"
 # What the plot's markers and colours mean, as its legend says (the keys of the entries a plot can show).

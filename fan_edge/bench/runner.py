@@ -8,10 +8,10 @@ options of each artifact). Then each row is measured:
 
 - accuracy, in this process, on the same faces for every row: the artifact
   through :class:`~fan_edge.runtime.LandmarkSession` (the code an app runs),
-  PyTorch eager through :func:`fan_edge.bench.evaluate.predict_dataset`;
+  PyTorch eager through :func:`fan_edge.evaluation.predict_dataset`;
   scored by :func:`fan_edge.data.metrics.score`;
 - latency and peak memory, in a fresh subprocess per row
-  (``python -m fan_edge.runtime.bench`` for artifacts,
+  (``python -m fan_edge.ondevice.bench`` for artifacts,
   ``python -m fan_edge.bench.torch_bench`` for PyTorch), one after the other,
   so that no row's imports, buffers or threads weigh on another's figures.
 
@@ -45,7 +45,7 @@ from ..atomic import write_text_atomic
 from ..errors import BenchError, FanEdgeError, first_line
 from ..limits import MAX_THREADS, check_int
 from ..rows import BenchRow, Status
-from ..runtime.bench import artifact_size_mb
+from ..ondevice.bench import artifact_size_mb
 from .targets import TORCH, BenchTarget
 
 # Calibration faces when --calib is not given: the training split beside the checkout (never the evaluated faces).
@@ -102,7 +102,7 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Subset:
-    """Some items of a FaceFolder, for :func:`~fan_edge.bench.evaluate.predict_dataset` (which needs ``input_size``)."""
+    """Some items of a FaceFolder, for :func:`~fan_edge.evaluation.predict_dataset` (which needs ``input_size``)."""
 
     def __init__(self, dataset: Any, indices: np.ndarray) -> None:
         self.dataset, self.indices, self.input_size = dataset, indices, dataset.input_size
@@ -153,7 +153,7 @@ def artifact_accuracy(path: Path, backend: str, device: str, threads: int | None
 
 def torch_accuracy(net: Any, faces: Faces) -> dict[str, Any]:
     """The same figures for PyTorch eager, through the project's evaluation, on the same faces."""
-    from .evaluate import predict_dataset
+    from ..evaluation import predict_dataset
 
     crops = faces.crops(net.config.input_size, net.weights.crop)
     pred, gt = predict_dataset(net, _Subset(crops.dataset, crops.indices))
@@ -178,7 +178,7 @@ def timing_command(path_or_model: str, target: BenchTarget, options: BenchOption
     return [
         sys.executable,
         "-m",
-        "fan_edge.runtime.bench",
+        "fan_edge.ondevice.bench",
         path_or_model,
         "--backend",
         target.runtime,
@@ -488,7 +488,7 @@ def _torch_row(
 
 def _device_absent(target: BenchTarget) -> str | None:
     """Why ``target``'s device is not usable here, or None (raises when its backend is not installed)."""
-    from ..runtime.bench import device_present
+    from ..ondevice.bench import device_present
 
     if target.npu_export is not None:  # compiled here, checked on an emulator or estimated: no chip needed
         from ..export.ethos_u import vela_available
@@ -611,7 +611,7 @@ def run_bench(options: BenchOptions, log: Log | None = None) -> list[BenchRow]:
     if options.models and not options.targets:
         raise BenchError("no targets given")
     if options.data is not None:
-        from ..data.dataset import read_folder
+        from ..files.folders import read_folder
 
         read_folder(options.data)  # a one-line DataError now (a bad image or .pts included) rather than one per row later
     faces = Faces(Path(options.data), options.faces) if options.data is not None else None

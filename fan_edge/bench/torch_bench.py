@@ -4,7 +4,7 @@
 
     python -m fan_edge.bench.torch_bench default --threads 2 --runs 100 --warmup 10 --json
 
-The counterpart of :mod:`fan_edge.runtime.bench` for the baseline users run
+The counterpart of :mod:`fan_edge.ondevice.bench` for the baseline users run
 today: it loads the model, times it with :func:`fan_edge.bench.latency.torch_latency`
 (eval mode, ``torch.no_grad``, batch 1, ``torch.set_num_threads(threads)``)
 and prints one row with the same keys, peak RSS included (torch itself is
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from ..errors import FanEdgeError, first_line
 from ..limits import MAX_THREADS, threads_arg
 from ..rows import BenchRow, Status
-from ..runtime.bench import DeviceAbsent, current_rss_mb, failed_row, peak_rss_mb
+from ..ondevice.bench import DeviceAbsent, current_rss_mb, failed_row, peak_rss_mb
 
 
 def time_torch(

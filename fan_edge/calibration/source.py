@@ -44,31 +44,14 @@ from typing import Any
 import numpy as np
 
 from ..data.dataset import FaceFolder
-from ..data.images import load_image
+from ..files.images import load_image
 from ..errors import DataError
+from ..files.folders import spread_indices
 from ..runtime.crop import CropSpec
 from .selection import cover, lighting, pose_proxies
 
 SELECTIONS = ("spread", "cover")
 CANDIDATES_PER_FACE = 4  # "cover" describes up to this many candidates per face wanted (bounds the folder scan)
-
-
-def spread_indices(total: int, count: int | None, seed: int = 0) -> np.ndarray:
-    """``count`` indices spread evenly over ``range(total)`` (all of them when count is None or >= total).
-
-    One index per equal stretch of the folder, at a seeded offset inside the
-    stretch: deterministic, and it covers the whole folder rather than its
-    first files (which are often one subject or one source).
-    """
-    if total <= 0:
-        return np.zeros(0, dtype=np.int64)
-    if count is None or count >= total:
-        return np.arange(total, dtype=np.int64)
-    if count < 1:
-        raise DataError(f"the number of faces must be positive, got {count}")
-    step = total / count
-    offset = np.random.default_rng(seed).uniform(0.0, step)
-    return np.minimum(np.floor(offset + step * np.arange(count)).astype(np.int64), total - 1)
 
 
 def _make_detector(detector: Any) -> Any:

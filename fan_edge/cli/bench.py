@@ -27,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench.settings import bench_settings, format_settings, measured_run
     from ..bench.targets import DEFAULT_TARGETS, parse_targets
     from ..errors import BenchError
-    from ..runtime.bench import STATUS_FAILED
+    from ..ondevice.bench import STATUS_FAILED
 
     missing = [a for a in args.artifact if not Path(a).exists()]
     if missing:  # a typo is bad input, not a benchmark result (run_bench itself makes it a failed row)

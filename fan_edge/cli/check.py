@@ -23,7 +23,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from ..runtime.soak import run_from_args
+    from ..ondevice.soak import run_from_args
 
     return run_from_args(args)
 
@@ -37,9 +37,9 @@ def add_check(sub: Any) -> None:
 
 
 def add_soak(sub: Any) -> None:
-    from ..runtime.soak import add_arguments
+    from ..ondevice.soak import add_arguments
 
     p = sub.add_parser("soak", help="an artifact under many threads: every result against a sequential run, errors, memory "
-                       "growth after warm-up (torch-free; python -m fan_edge.runtime.soak)")
+                       "growth after warm-up (torch-free; python -m fan_edge.ondevice.soak)")
     add_arguments(p)
     p.set_defaults(handler=cmd_soak)

@@ -1,4 +1,4 @@
-"""``fan-edge eval``: landmark accuracy of a model or an exported artifact (:func:`fan_edge.bench.evaluate.evaluate`)."""
+"""``fan-edge eval``: landmark accuracy of a model or an exported artifact (:func:`fan_edge.evaluation.evaluate`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .common import model_arg, stderr
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..bench.evaluate import evaluate, training_folders
+    from ..evaluation import evaluate, training_folders
 
     # Progress on stderr while the faces run (tqdm: off when stderr is not a terminal or FAN_EDGE_NO_PROGRESS=1).
     result = evaluate(args.model, args.data, batch_size=args.batch_size, backend=args.backend, device=args.device,

@@ -38,10 +38,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
+    from ..bench.card import measure_card
     from ..models.bundle import bundle
 
     path = bundle(args.checkpoint, args.name, args.data, default=args.default, description=args.description, notes=args.notes,
-                  recipe=args.recipe, folder=args.out, data_root=args.data_root)
+                  recipe=args.recipe, folder=args.out, data_root=args.data_root, measure=measure_card)
     card = json.loads(path.with_suffix(".json").read_text())
     print(f"bundled {args.name} -> {path}")
     print(json.dumps(card["figures"], indent=2))

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.set_defaults(handler=adb_handler)
 
-    p = sub.add_parser("ssh", help="a Linux edge box over ssh, timed there by python -m fan_edge.runtime.bench")
+    p = sub.add_parser("ssh", help="a Linux edge box over ssh, timed there by python -m fan_edge.ondevice.bench")
     p.add_argument("artifact", help=".onnx, .xml (with its .bin) or .tflite exported by fan-export; copied with its .json sidecar")
     p.add_argument("--host", required=True, help="[user@]host, or a Host alias of your ssh config")
     p.add_argument("--port", type=int, help="ssh port (default: ssh's own, i.e. 22 or your config)")
@@ -90,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_profile(row: dict[str, Any], args: argparse.Namespace) -> int:
-    """Print one fan-profile row as asked; the exit status follows fan_edge.runtime.bench (0 timed, 1 failed, 3 device absent)."""
+    """Print one fan-profile row as asked; the exit status follows fan_edge.ondevice.bench (0 timed, 1 failed, 3 device absent)."""
     from ..bench.profile import ordered_row
     from ..bench.profile.output import format_row
-    from ..runtime.bench import STATUS_DEVICE_ABSENT, STATUS_PASSED
+    from ..ondevice.bench import STATUS_DEVICE_ABSENT, STATUS_PASSED
 
     row = ordered_row(row)
     print(format_row(row, "json" if args.json else "csv" if args.csv else "table"))

@@ -3,70 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import BoxError, DataError
-from ..runtime.crop import CropSpec, apply_affine, check_boxes, compose_affine, crop_matrix, resize_matrix, warp_image
+from ..errors import DataError
+from ..runtime.crop import CropSpec, apply_affine, compose_affine, crop_matrix, resize_matrix, warp_image
 from ..runtime.image import to_network_input
 from .augment import AugmentSpec, Photometric, mirror_points, random_similarity
 from .heatmaps import gaussian_heatmaps
-from .images import IMAGE_SUFFIXES, check_image_file, load_image
-from .metrics import landmark_boxes
-from .pts import read_pts
-
-
-@dataclass(frozen=True)
-class FaceItem:
-    image: Path
-    pts: Path | None
-
-
-def scan_folder(root: str | os.PathLike[str], require_points: bool = True) -> list[FaceItem]:
-    """Images under ``root`` (recursively), each paired with the .pts of the same stem."""
-    base = Path(root)
-    if not base.is_dir():
-        raise DataError(f"{base}: not a folder")
-    items = []
-    for path in sorted(base.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            pts = path.with_suffix(".pts")
-            if pts.is_file():
-                items.append(FaceItem(path, pts))
-            elif not require_points:
-                items.append(FaceItem(path, None))
-    if not items:
-        what = "images with .pts annotations" if require_points else "images"
-        raise DataError(f"{base}: no {what} found")
-    return items
-
-
-def read_folder(root: str | os.PathLike[str], require_points: bool = True) -> tuple[list[FaceItem], list[np.ndarray | None]]:
-    """:func:`scan_folder`, every image's header checked and every .pts parsed: a bad file is a one-line DataError now.
-
-    What long jobs call first (training, validation, calibration,
-    benchmarks): otherwise a bad file is found when its face is loaded,
-    possibly hours in and inside a DataLoader worker, whose traceback wraps
-    the message. Costs a header read and a small parse per face, far less
-    than one epoch (figures: docs/runtime.md). The landmarks' box must be one the crop
-    takes (:func:`~fan_edge.runtime.crop.check_boxes` against the image's
-    displayed size): a .pts of 1e300 coordinates is refused here, not as a
-    crash inside a data loader.
-    """
-    items = scan_folder(root, require_points)
-    points: list[np.ndarray | None] = []
-    for item in items:
-        width, height = check_image_file(item.image)
-        pts = None if item.pts is None else read_pts(item.pts)
-        if pts is not None:
-            try:
-                check_boxes(landmark_boxes(pts[None]), width, height)
-            except BoxError as exc:
-                raise DataError(f"{item.pts}: the landmarks' {exc}") from None
-        points.append(pts)
-    return items, points
+from ..files.folders import landmark_boxes, read_folder
+from ..files.images import load_image
 
 
 class FaceFolder:

@@ -20,14 +20,9 @@ from typing import Literal
 import numpy as np
 
 from ..runtime.scheme import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from ..files.folders import landmark_boxes
 
 Normalisation = Literal["inter_ocular", "box"]
-
-
-def landmark_boxes(points: np.ndarray) -> np.ndarray:
-    """(N, 4) x1, y1, x2, y2 boxes enclosing each face's (N, K, 2) points."""
-    pts = np.asarray(points, dtype=np.float64)
-    return np.concatenate([pts.min(axis=-2), pts.max(axis=-2)], axis=-1)
 
 
 def normalisers(gt: np.ndarray, kind: Normalisation) -> np.ndarray:

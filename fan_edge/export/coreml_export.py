@@ -87,7 +87,6 @@ def build_coreml(job: ExportJob):
     """The final ``MLModel`` of ``job`` (precision applied, head chained, contract in its metadata)."""
     import torch
 
-    from .. import __version__
     from .landmarks import LandmarkHead
 
     cfg = job.model.config

@@ -296,7 +296,7 @@ def _read_tflite(path: Path) -> Any:
         raise ExportError(f"{path.name} is not a TFLite flatbuffer (no TFL3 identifier)")
     try:
         model = flatbuffer_utils.read_model(str(path))
-    except Exception as e:  # the generated reader raises whatever a bad offset triggers
+    except Exception:  # the generated reader raises whatever a bad offset triggers
         raise ExportError(f"{path.name} is not a readable TFLite flatbuffer (truncated or corrupt)") from None
     if not model.subgraphs:
         raise ExportError(f"{path.name} has no subgraph")

@@ -7,7 +7,7 @@ figures that decide which labels are kept, :mod:`.files` the job's files
 (``labels.jsonl``, OUT's names, the boxes file) and its summary.
 """
 
-from .files import LABELS, LabelSummary, Ledger, output_names, place_image, read_boxes_file, summarize
+from ..files.labels import LABELS, LabelSummary, Ledger, output_names, place_image, read_boxes_file, summarize
 from .job import SETTINGS, LabelSpec, label_folder
 from .quality import CONSENSUS_RULES, Thresholds, consensus, disagreement, drop_reasons, flip_nme, teacher_nme
 from .teachers import DlibTeacher, FanTeacher, Teacher, TeacherOutput, landmark_box_to_dlib, load_teacher

@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_text_atomic
-from ..data.dataset import scan_folder
-from ..data.images import check_image_file, read_image
-from ..data.pts import write_pts
+from ..files.folders import scan_folder
+from ..files.images import check_image_file, read_image
+from ..files.pts import write_pts
 from ..errors import BackendError, ConfigError, DataError, FanEdgeError
 from ..limits import MAX_THREADS, MAX_WORKERS, check_int
 from ..runtime.detect import SCAN_SIZE
-from .files import LABELS, LabelSummary, Ledger, output_names, place_image, read_boxes_file, summarize
+from ..files.labels import LABELS, LabelSummary, Ledger, output_names, place_image, read_boxes_file, summarize
 from .quality import CONSENSUS_RULES, Thresholds, consensus, drop_reasons, flip_nme, teacher_nme
 from .teachers import Teacher, load_teacher
 

@@ -31,7 +31,6 @@ from ..data.metrics import per_face_nme
 from ..errors import ConfigError
 
 CONSENSUS_RULES = ("median", "mean")
-REASONS = ("detector_score", "disagreement", "flip")  # why a face is dropped, in the order they are checked
 
 
 def consensus(points: np.ndarray, rule: str = "median") -> np.ndarray:
@@ -91,7 +90,7 @@ class Thresholds:
 
 
 def drop_reasons(thresholds: Thresholds, disagreement: float, flip: float | None, detector_score: float | None) -> list[str]:
-    """Why one face fails (in :data:`REASONS` order); empty when it is kept. A figure that was not measured
+    """Why one face fails (in :data:`fan_edge.files.labels.REASONS` order); empty when it is kept. A figure that was not measured
     (no flip pass, boxes without scores) cannot fail its check."""
     reasons = []
     t = thresholds

@@ -25,13 +25,13 @@ import os
 import re
 from importlib import resources
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
+from collections.abc import Callable
 from typing import Any
 
 from ..atomic import write_text_atomic
 from ..errors import ConfigError
 from .registry import ARCHITECTURE_NAME, WEIGHTS_PACKAGE
 
-# Torch (the model, the evaluation, the timing) is imported by the functions that measure.
 
 # An absolute path inside a string: at its start or after a space, '=', a quote, '(' or ',' (a command line's
 # "--data /home/x/faces", "--out=/tmp/run"), POSIX or Windows; it runs to the next space, quote, comma or ';'.
@@ -114,32 +114,6 @@ def absolute_paths(card: Any) -> list[str]:
     return found
 
 
-def measure_card(checkpoint: str | Path, data: str | Path, threads: int = 2) -> dict[str, Any]:
-    """Parameters, MACs, accuracy on ``data`` and CPU latency of a checkpoint."""
-    from ..bench.evaluate import evaluate_model
-    from ..bench.latency import torch_latency
-    from ..runtime.cpu import cpu_name
-    from . import count_macs, count_parameters, create_model
-
-    model = create_model(checkpoint)
-    evaluation = evaluate_model(model, data)
-    latency = torch_latency(model, model.config.input_size, threads=threads)
-    figures = {k: round(v, 3) for k, v in evaluation.scores.as_percent().items()}
-    figures.update(
-        data=str(Path(data).name),
-        boxes="ground-truth landmark boxes",
-        torch_cpu_ms_p50=round(latency.p50_ms, 2),
-        torch_cpu_ms_p90=round(latency.p90_ms, 2),
-        threads=threads,
-        cpu=cpu_name(),
-    )
-    return {
-        "parameters": count_parameters(model),
-        "macs": count_macs(model, model.config.input_size),
-        "figures": figures,
-    }
-
-
 def bundle(
     checkpoint: str | Path,
     name: str,
@@ -150,6 +124,8 @@ def bundle(
     notes: str = "",
     recipe: str = "",
     data_root: str | Path | None = None,
+    *,
+    measure: Callable[[str | Path, str | Path], dict[str, Any]],
 ) -> Path:
     """Write ``checkpoint`` into ``folder`` as zoo model ``name`` with a freshly measured card; its path.
 
@@ -158,6 +134,9 @@ def bundle(
     one. ``default`` clears the flag of every other card in ``folder``.
     ``data_root`` (default: the folder above ``data``): where absolute data
     paths in the card are made relative to (see :func:`portable_card`).
+    ``measure(checkpoint, data)``: the card's parameters, MACs and figures
+    (``fan-edge bundle`` passes :func:`fan_edge.bench.card.measure_card`): the
+    measuring lives with the benchmarks, so the models never import them.
     """
     if ARCHITECTURE_NAME.fullmatch(name) or name == "default":
         raise ConfigError(f"zoo name {name!r} would shadow a registry variant; pick another (e.g. add a suffix)")
@@ -169,7 +148,7 @@ def bundle(
     from . import create_model, read_checkpoint, save_checkpoint
 
     source = read_checkpoint(checkpoint)
-    measured = measure_card(checkpoint, data)
+    measured = measure(checkpoint, data)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # The record (crop, refinement) and the architecture are written from the weights by save_checkpoint.

@@ -4,7 +4,7 @@ Steps (:data:`STEPS`): ``float`` (the model as trained, fp32), ``ptq``
 (post-training int8 of it), ``qat`` (int8 of its quantization-aware-trained
 checkpoint), ``pruned`` (fp32 of a pruned checkpoint), ``pruned+ptq`` and
 ``pruned+qat``. The report takes fan-bench rows (dicts with
-:data:`fan_edge.runtime.bench.ROW_KEYS`: model, target, precision, size,
+:data:`fan_edge.ondevice.bench.ROW_KEYS`: model, target, precision, size,
 NME, AUC@7, FR@7, latency...) from any number of runs, and the model behind
 each step (a registry name or checkpoint path, as the rows name it); it adds
 the MACs of each model and the ΔNME of every row against the float model

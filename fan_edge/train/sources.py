@@ -20,7 +20,7 @@ import torch
 from ..data.augment import AugmentSpec
 from ..data.dataset import FaceFolder
 from ..errors import ConfigError, DataError
-from ..label.files import read_label_job
+from ..files.labels import read_label_job
 from ..models.fan import FAN
 from .spec import TrainSpec
 

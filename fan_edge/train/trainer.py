@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..atomic import atomic_path, check_writable, write_text_atomic
-from ..bench.evaluate import evaluate_model
-from ..data.dataset import read_folder
-from ..errors import BoxError, ConfigError, DataError
+from ..evaluation import evaluate_model
+from ..files.folders import read_folder
+from ..errors import BoxError, ConfigError
 from ..limits import check_batch
 from ..models import create_model, save_checkpoint
 from ..models.checkpoints import load_optimizer_state, load_weights, read_training_state
@@ -274,6 +274,72 @@ class Recipe:
         return {}
 
 
+def load_teacher(name: str, student: FAN, device: Any) -> FAN:
+    """The frozen teacher on ``device``; its crop must be the student's, or its heatmaps would not line up."""
+    teacher = create_model(name).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if teacher.weights.crop != student.weights.crop:
+        raise ConfigError(
+            f"teacher crop {teacher.weights.crop} differs from the student's {student.weights.crop}: its heatmaps would not line up; "
+            "give the student the teacher's --reference-scale and --center-shift"
+        )
+    return teacher
+
+
+def _stop_reason(signalled: bool, spec: TrainSpec, started: float, done_batches: int) -> str | None:
+    """Why this process should stop after the batch it just did ("signal", "--max-minutes", "--max-batches"), or None."""
+    if signalled:
+        return "signal"
+    if spec.max_minutes is not None and time.monotonic() - started > 60 * spec.max_minutes:
+        return "--max-minutes"
+    if spec.max_batches is not None and done_batches >= spec.max_batches:
+        return "--max-batches"
+    return None
+
+
+def _restore_handlers(handlers: dict[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def _position(state: dict[str, Any] | None) -> tuple[int, int, dict[str, Any], list[dict[str, Any]]]:
+    """Where a run starts: epoch, batch, best figures and history (a fresh run: 0, 0, {}, [])."""
+    if not state:
+        return 0, 0, {}, []
+    best = state["best"] if isinstance(state.get("best"), dict) else {}  # a QAT checkpoint of the old loop has none
+    return state["epoch"], state["batch"], best, state["history"]
+
+
+def _announce(out: Path, spec: TrainSpec, recipe: Recipe, model: FAN, dataset: Any, history: list[dict[str, Any]],
+              dist: Distributed) -> None:
+    """The run's opening lines (and any epoch line a kill cut off), and spec.json: rank 0 only."""
+    for line in unlogged_epochs(out / recipe.log_file, history, spec.epochs):  # killed between a save and its line
+        log.info("%s (logged on resume)", line)
+    write_text_atomic(out / "spec.json", json.dumps(recipe.spec_dict(spec), indent=2) + "\n")
+    log.info("model %s: %d params, %.3f GMACs, %d faces, device %s, world %d",
+             spec.model, count_parameters(model), count_macs(model, model.config.input_size) / 1e9,
+             len(dataset), dist.device, dist.world)
+    for source in dataset.sources:
+        log.info("data %s", source.describe())
+
+
+def _validate_epoch(model: FAN, spec: TrainSpec, recipe: Recipe, epoch: int, entry: dict[str, Any], best: dict[str, Any],
+                    dataset: Any, history: list[dict[str, Any]], out: Path, device: Any) -> dict[str, Any]:
+    """Validate after ``epoch`` (1-based) when due, add the figures to ``entry``, let the recipe keep the best; the best."""
+    if not spec.val:
+        recipe.keep_best(model, spec, {}, epoch, dataset, history, out)
+        return best
+    if epoch % spec.val_every != 0 and epoch != spec.epochs:
+        return best
+    figures = validate(model, spec, device)
+    entry.update(figures)
+    if not best or figures["nme_io"] < best["nme_io"]:
+        best = dict(figures, epoch=epoch)
+        recipe.keep_best(model, spec, figures, epoch, dataset, history, out)
+    return best
+
+
 def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) -> dict[str, Any]:
     """Run (or resume) a training run; returns the final summary (best figures, paths).
 
@@ -288,24 +354,14 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
         raise ConfigError(f"unknown loss {spec.loss!r}; expected one of {', '.join(LOSSES)}")
 
     last_path = out / LAST
-    state: dict[str, Any] | None = None
-    if resume and last_path.is_file():
-        state = read_training_state(last_path, recipe.resume_entries)
+    state = read_training_state(last_path, recipe.resume_entries) if resume and last_path.is_file() else None
+    if state is not None:
         spec = recipe.resumed_spec(state["spec"], spec, last_path)
         log.info("resuming %s at epoch %d batch %d", last_path, state["epoch"], state["batch"])
 
     model = recipe.prepare_model(spec, state, dist, out)
     check_batch(spec.batch_size, model.config.input_size)  # at the model's own input size when the spec sets none
-    teacher: FAN | None = None
-    if spec.teacher:
-        teacher = create_model(spec.teacher).to(dist.device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        if teacher.weights.crop != model.weights.crop:
-            raise ConfigError(
-                f"teacher crop {teacher.weights.crop} differs from the student's {model.weights.crop}: its heatmaps would not line up; "
-                "give the student the teacher's --reference-scale and --center-shift"
-            )
+    teacher = load_teacher(spec.teacher, model, dist.device) if spec.teacher else None
     model.to(dist.device)
     model.train()
     require_points = teacher is None if recipe.require_points is None else recipe.require_points
@@ -320,19 +376,9 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
     if state is not None:
         load_optimizer_state(optimizer, state["optimizer"], last_path)
     weights = stack_weights(model.config.stacks, spec.stack_weights)
-    start_epoch = state["epoch"] if state else 0
-    start_batch = state["batch"] if state else 0
-    best: dict[str, Any] = state["best"] if state and isinstance(state.get("best"), dict) else {}
-    history: list[dict[str, Any]] = state["history"] if state else []
+    start_epoch, start_batch, best, history = _position(state)
     if dist.is_main:
-        for line in unlogged_epochs(out / recipe.log_file, history, spec.epochs):  # killed between a save and its line
-            log.info("%s (logged on resume)", line)
-        write_text_atomic(out / "spec.json", json.dumps(recipe.spec_dict(spec), indent=2) + "\n")
-        log.info("model %s: %d params, %.3f GMACs, %d faces, device %s, world %d",
-                 spec.model, count_parameters(model), count_macs(model, model.config.input_size) / 1e9,
-                 len(dataset), dist.device, dist.world)
-        for source in dataset.sources:
-            log.info("data %s", source.describe())
+        _announce(out, spec, recipe, model, dataset, history, dist)
 
     stop = {"flag": False}
 
@@ -374,34 +420,25 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
                 loss.backward()
                 optimizer.step()
                 losses.append(float(loss.detach()))
-                if progress is not None:
-                    progress.set_postfix(loss=f"{np.mean(losses[-20:]):.5f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-                    progress.update(1)
+                progress.set_postfix(loss=f"{np.mean(losses[-20:]):.5f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                progress.update(1)
                 done_batches += 1
-                out_of_time = spec.max_minutes is not None and time.monotonic() - started > 60 * spec.max_minutes
-                out_of_batches = spec.max_batches is not None and done_batches >= spec.max_batches
+                reason = _stop_reason(stop["flag"], spec, started, done_batches)
                 # Every rank must stop at the same batch, or one would wait forever in the next all-reduce.
-                if dist.any(stop["flag"] or out_of_time or out_of_batches):
+                if dist.any(reason is not None):
                     save(epoch, b + 1)
-                    reason = "signal" if stop["flag"] else ("--max-minutes" if out_of_time else "--max-batches")
+                    reason = reason or "another rank"
                     log.info("stopped by %s at epoch %d batch %d; resume with the same command", reason, epoch, b + 1)
                     return {"stopped": True, "reason": reason, "epoch": epoch, "best": best, "out": str(out)}
                 if time.monotonic() - last_save > 60 * spec.checkpoint_minutes:
                     save(epoch, b + 1)
                     last_save = time.monotonic()
-            if progress is not None:
-                progress.close()
+            progress.close()
             entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else float("nan")}
             if first == 0:  # a whole epoch in this process: its time is what a card reports
                 entry["seconds"] = round(time.monotonic() - epoch_started, 1)
-            if dist.is_main and spec.val and ((epoch + 1) % spec.val_every == 0 or epoch + 1 == spec.epochs):
-                figures = validate(model, spec, dist.device)
-                entry.update(figures)
-                if not best or figures["nme_io"] < best["nme_io"]:
-                    best = dict(figures, epoch=epoch + 1)
-                    recipe.keep_best(model, spec, figures, epoch + 1, dataset, history, out)
-            elif dist.is_main and not spec.val:
-                recipe.keep_best(model, spec, {}, epoch + 1, dataset, history, out)
+            if dist.is_main:
+                best = _validate_epoch(model, spec, recipe, epoch + 1, entry, best, dataset, history, out, dist.device)
             history.append(entry)
             save(epoch + 1, 0)  # the state first: a kill before the line below loses no line (resume writes it)
             last_save = time.monotonic()
@@ -409,8 +446,7 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
                 log.info("%s", epoch_line(entry, spec.epochs))
             dist.barrier()
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        _restore_handlers(old_handlers)
         dist.close()
     extra = recipe.finish(model, spec, history, best, dataset, out) if dist.is_main else {}
     return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out), **extra}
@@ -436,20 +472,19 @@ def teacher_heatmaps(teacher: FAN, images: torch.Tensor, size: int) -> torch.Ten
     return heatmaps
 
 
-def _progress(total: int, first: int, epoch: int, epochs: int, enabled: bool, label: str = "epoch"):
-    if not enabled:
-        return None
+def _progress(total: int, first: int, epoch: int, epochs: int, enabled: bool, label: str = "epoch") -> Any:
+    """The epoch's bar on stderr; a disabled one (every call a no-op) off rank 0 or with FAN_EDGE_NO_PROGRESS=1."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=first, desc=f"{label} {epoch + 1}/{epochs}", unit="batch", leave=False,
-                disable=os.environ.get("FAN_EDGE_NO_PROGRESS") == "1")
+                disable=not enabled or os.environ.get("FAN_EDGE_NO_PROGRESS") == "1")
 
 
 @torch.no_grad()
 def _box_unlabeled(dataset: ConcatFaces, teacher: FAN, student: FAN, device: torch.device) -> None:
     """Give faces without .pts a box: the teacher's landmarks on the whole image, boxed."""
-    from ..data.metrics import landmark_boxes
-    from ..data.images import load_image
+    from ..files.folders import landmark_boxes
+    from ..files.images import load_image
     from ..runtime.crop import check_boxes, crop_matrix, warp_image
     from ..runtime.decode import crop_points_to_image, decode_heatmaps
     from ..runtime.image import to_network_input

@@ -2,9 +2,9 @@
 
 - :mod:`.adb`: an Android device over adb, timed by LiteRT's ``benchmark_model``
   (:mod:`.benchmark_model` reads its output);
-- :mod:`.ssh`: a Linux box over ssh, timed by ``python -m fan_edge.runtime.bench`` there.
+- :mod:`.ssh`: a Linux box over ssh, timed by ``python -m fan_edge.ondevice.bench`` there.
 
-Both return a dict whose first keys are :data:`fan_edge.runtime.bench.ROW_KEYS`
+Both return a dict whose first keys are :data:`fan_edge.ondevice.bench.ROW_KEYS`
 (accuracy and speed-up null: they need data and a baseline), followed by how the
 row was measured. See docs/profile.md.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...runtime.bench import ROW_KEYS
+from ...ondevice.bench import ROW_KEYS
 from .adb import AdbOptions, profile_adb
 from .benchmark_model import BenchmarkModelTimings, parse_benchmark_output
 from .ssh import SshOptions, profile_ssh

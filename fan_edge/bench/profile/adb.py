@@ -25,7 +25,7 @@ from typing import Any
 
 from ...errors import ProfileError
 from ...limits import MAX_THREADS, check_int
-from ...runtime.bench import STATUS_PASSED, artifact_size_mb
+from ...ondevice.bench import STATUS_PASSED, artifact_size_mb
 from ...runtime.contract import read_sidecar
 from ._run import find_tool, last_line, run_tool
 from .benchmark_model import failure_reason, parse_benchmark_output

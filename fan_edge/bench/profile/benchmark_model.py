@@ -25,7 +25,7 @@ and so on, in milliseconds; both forms are read. Lines may carry a log prefix
 (``INFO: ``, or logcat's ``... I tflite  : ``): markers are searched anywhere in a line.
 
 "MB" in the tool is KiB / 1024 (MiB); rows report decimal megabytes like
-``fan_edge.runtime.bench`` does.
+``fan_edge.ondevice.bench`` does.
 """
 
 from __future__ import annotations

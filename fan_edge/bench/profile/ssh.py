@@ -7,11 +7,11 @@
     row = profile_ssh("fan2-w64-i128-fp32.onnx", SshOptions(host="pi@raspberrypi", threads=4))
 
 Steps: ``mktemp -d`` on the box, ``scp`` the artifact with its sidecar contract
-(and an OpenVINO ``.bin``) into it, run ``PYTHON -m fan_edge.runtime.bench
+(and an OpenVINO ``.bin``) into it, run ``PYTHON -m fan_edge.ondevice.bench
 REMOTE_ARTIFACT --json ...`` there, read the JSON row it prints, remove the
 folder. The box needs fan-edge's runtime and one backend
 (``pip install 'fan-edge[onnxruntime]'``, or the ``openvino`` / ``litert`` extra: no torch); the
-timing is :func:`fan_edge.runtime.bench.time_artifact`'s, i.e. the same
+timing is :func:`fan_edge.ondevice.bench.time_artifact`'s, i.e. the same
 measurement ``fan-bench`` makes locally, taken on the box.
 
 The system OpenSSH client does the transport (``ssh``, ``scp``), so the user's
@@ -32,7 +32,7 @@ from typing import Any
 
 from ...errors import ProfileError
 from ...limits import MAX_THREADS, check_int
-from ...runtime.bench import artifact_files
+from ...ondevice.bench import artifact_files
 from ...runtime.contract import sidecar_path
 from ._run import find_tool, last_line, run_tool
 
@@ -105,7 +105,7 @@ def bench_command(options: SshOptions, remote_artifact: str) -> str:
             "--runs", str(options.runs), "--warmup", str(options.warmup)]
     if options.threads is not None:
         args += ["--threads", str(options.threads)]
-    return f"{options.python} -m fan_edge.runtime.bench " + shlex.join(args)
+    return f"{options.python} -m fan_edge.ondevice.bench " + shlex.join(args)
 
 
 def files_to_copy(artifact: Path) -> list[Path]:
@@ -116,7 +116,7 @@ def files_to_copy(artifact: Path) -> list[Path]:
 
 
 def parse_row(stdout: str) -> dict[str, Any] | None:
-    """The JSON object ``python -m fan_edge.runtime.bench --json`` printed (one line, the last of its output)."""
+    """The JSON object ``python -m fan_edge.ondevice.bench --json`` printed (one line, the last of its output)."""
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):
@@ -171,7 +171,7 @@ def profile_ssh(artifact: str | Path, options: SshOptions) -> dict[str, Any]:
         copied = run_tool(scp_command(options, files_to_copy(artifact), remote_dir), f"scp to {options.host}", options.timeout_s)
         if copied.returncode != 0:
             raise remote.fail("scp", copied)
-        ran = remote.run(bench_command(options, f"{remote_dir}/{artifact.name}"), "fan_edge.runtime.bench")
+        ran = remote.run(bench_command(options, f"{remote_dir}/{artifact.name}"), "fan_edge.ondevice.bench")
     finally:
         try:
             remote.run(f"rm -rf -- {shlex.quote(remote_dir)}", "rm", 60.0)
@@ -182,15 +182,15 @@ def profile_ssh(artifact: str | Path, options: SshOptions) -> dict[str, Any]:
     if row is None:
         text = ran.stderr + ran.stdout
         if ran.returncode == 255:
-            raise remote.fail("fan_edge.runtime.bench", ran)
+            raise remote.fail("fan_edge.ondevice.bench", ran)
         if "No module named" in text and "fan_edge" in text:
             raise ProfileError(f"{options.python} on {options.host} cannot import fan_edge; install it there: "
                                "pip install 'fan-edge[onnxruntime]' (or the openvino / litert extra)")
         if ran.returncode == 127:
             raise ProfileError(f"{options.python} not found on {options.host} (set --python to the remote interpreter)")
-        raise ProfileError(f"fan_edge.runtime.bench on {options.host} printed no row (exit {ran.returncode}): "
+        raise ProfileError(f"fan_edge.ondevice.bench on {options.host} printed no row (exit {ran.returncode}): "
                            f"{last_line(ran.stderr) or last_line(ran.stdout) or 'no output'}")
     row["path"] = str(artifact)
     row["remote"] = options.host + (f":{options.port}" if options.port else "")
-    row["timed_by"] = "fan_edge.runtime.bench"
+    row["timed_by"] = "fan_edge.ondevice.bench"
     return row

@@ -8,7 +8,7 @@ An artifact (:func:`evaluate_session`) runs through
 :class:`~fan_edge.runtime.LandmarkSession`, the code an app runs, with its
 contract's crop and decoding; that path needs no torch.
 
-Faces are found recursively (:func:`fan_edge.data.dataset.scan_folder`), so
+Faces are found recursively (:func:`fan_edge.files.folders.scan_folder`), so
 :attr:`Evaluation.folders` records which folder each face came from, and
 ``log`` gets a one-line warning when a scored folder is named like a
 training split (:func:`training_folders`): a score on training faces
@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..data.dataset import FaceFolder
-from ..data.metrics import LandmarkScores, score
-from ..errors import DataError
-from ..limits import check_batch
-from ..runtime.decode import crop_points_to_image, decode_heatmaps
+from .data.dataset import FaceFolder
+from .data.metrics import LandmarkScores, score
+from .errors import DataError
+from .limits import check_batch
+from .runtime.decode import crop_points_to_image, decode_heatmaps
 
 if TYPE_CHECKING:
-    from ..models.fan import FAN
-    from ..runtime.session import LandmarkSession
+    from .models.fan import FAN
+    from .runtime.session import LandmarkSession
 
 Log = Callable[[str], None]
 # A folder whose name says it is a training split (helen_train, lfpw/trainset, train/): scoring it flatters a model.
@@ -190,7 +190,7 @@ def evaluate_session(
 
 def artifact_suffixes() -> list[str]:
     """The suffixes of the artifacts the runtime runs (``.onnx``, ``.tflite``, ``.xml``...), sorted."""
-    from ..runtime.backends import BACKENDS
+    from .runtime.backends import BACKENDS
 
     return sorted({s for entry in BACKENDS.values() for s in entry.suffixes})
 
@@ -205,17 +205,17 @@ def evaluate(
     (:func:`evaluate_session`; torch-free) on ``backend``/``device`` with ``threads``; a name or a checkpoint runs in
     PyTorch on the CPU (:func:`evaluate_model`), and the runtime's options are a ConfigError for it.
     """
-    from ..errors import ConfigError
+    from .errors import ConfigError
 
     if Path(model).suffix.lower() in artifact_suffixes():
-        from ..runtime.session import LandmarkSession
+        from .runtime.session import LandmarkSession
 
         with LandmarkSession(model, backend=backend, device=device, threads=threads) as session:
             return evaluate_session(session, data_dir, batch_size=batch_size, progress=progress, log=log)
     if backend != "auto" or device != "auto" or threads is not None:
         raise ConfigError(f"--backend, --device and --threads are for exported artifacts ({', '.join(artifact_suffixes())}); "
                           f"{model} runs in PyTorch on the CPU")
-    from ..models import create_model
+    from .models import create_model
 
     net = create_model(str(model), trust=trust)
     return evaluate_model(net, data_dir, batch_size=batch_size, progress=progress, log=log)

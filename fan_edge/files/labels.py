@@ -19,10 +19,11 @@ import numpy as np
 
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import DataError
-from .quality import REASONS
 
 LABELS = "labels.jsonl"
 MAX_BOXES_JSON = 64 << 20  # bytes: a boxes file for a very large folder, not an arbitrary blob
+
+REASONS = ("detector_score", "disagreement", "flip")  # why a face is dropped, in the order they are checked
 
 
 @dataclass

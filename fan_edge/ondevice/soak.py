@@ -2,13 +2,13 @@
 
 ::
 
-    python -m fan_edge.runtime.soak model.onnx --threads 8 --calls 10000 --faces ../shared/data/300w/afw --json
+    python -m fan_edge.ondevice.soak model.onnx --threads 8 --calls 10000 --faces ../shared/data/300w/afw --json
     fan-edge soak model.tflite --threads 8 --calls 10000 --faces ../shared/data/300w/afw
 
 The reliability target "8 threads and 10,000 predictions: identical results
 to a sequential run, no errors, resident memory growth under 5% after
 warm-up" is a load figure, so it lives here, next to the latency bench
-(:mod:`fan_edge.runtime.bench`), and never in a timed unit test.
+(:mod:`fan_edge.ondevice.bench`), and never in a timed unit test.
 
 How it runs:
 
@@ -93,12 +93,10 @@ def load_faces(folder: str | os.PathLike[str], count: int | None = DEFAULT_INPUT
     each image as uint8: lossless for 8-bit files, a quarter of float32's
     memory, and the array a camera or decoder hands an app.
     """
-    from ..calibration.source import spread_indices
-    from ..data.dataset import scan_folder
-    from ..data.images import load_image
-    from ..data.metrics import landmark_boxes
-    from ..data.pts import read_pts
-    from .image import to_uint8
+    from ..files.folders import landmark_boxes, scan_folder, spread_indices
+    from ..files.images import load_image
+    from ..files.pts import read_pts
+    from ..runtime.image import to_uint8
 
     items = scan_folder(folder)
     faces = []
@@ -377,7 +375,7 @@ def soak_artifact(
     parallelism comes from them (the serving set-up docs/runtime.md measures);
     None leaves the backend's own default.
     """
-    from .session import LandmarkSession
+    from ..runtime.session import LandmarkSession
 
     p = Path(path)
     if not p.is_file():
@@ -405,7 +403,7 @@ def soak_artifact(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The soak's options, shared by ``python -m fan_edge.runtime.soak`` and ``fan-edge soak``."""
+    """The soak's options, shared by ``python -m fan_edge.ondevice.soak`` and ``fan-edge soak``."""
     parser.add_argument("artifact", help=".onnx, .xml (OpenVINO IR) or .tflite exported by fan-export")
     parser.add_argument("--threads", type=threads_arg, default=DEFAULT_THREADS,
                         help=f"caller threads sharing the session (1..{MAX_THREADS}; default {DEFAULT_THREADS})")
@@ -456,7 +454,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 when the soak passed, 1 when it failed, 2 when it could not run (one line on stderr)."""
     parser = argparse.ArgumentParser(
-        prog="python -m fan_edge.runtime.soak",
+        prog="python -m fan_edge.ondevice.soak",
         description="One session under many threads: every result against a sequential run, errors, memory growth "
         "after warm-up (torch-free; see docs/runtime.md).",
     )

@@ -6,7 +6,7 @@ declares 20000 x 20000 pixels cost 3.1 GB and 15 s before it was refused, a
 14 MB Radiance HDR of 15000 x 15000 cost 5.2 GB. So every format OpenCV can
 decode is recognised here by the signature OpenCV itself uses to choose a
 decoder, and its header is read with plain file reads (no codec): the size of
-the array the decoder will produce. :mod:`fan_edge.data.images` refuses what is
+the array the decoder will produce. :mod:`fan_edge.files.images` refuses what is
 too large for the cost of reading a few hundred bytes.
 
 What is not recognised, or whose header does not parse, is refused rather than

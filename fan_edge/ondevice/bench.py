@@ -2,7 +2,7 @@
 
 ::
 
-    python -m fan_edge.runtime.bench model.onnx --threads 2 --runs 100 --warmup 10 --json
+    python -m fan_edge.ondevice.bench model.onnx --threads 2 --runs 100 --warmup 10 --json
 
 This is what ``fan-bench`` runs in a fresh subprocess for every row, and what
 ``fan-profile`` runs over ssh on an edge box: it needs numpy and one backend,
@@ -117,7 +117,7 @@ def device_family(device: str) -> str:
 
 def device_present(backend: str, device: str) -> bool:
     """Whether ``backend`` sees a device of ``device``'s family here (a backend that cannot list devices: CPU only)."""
-    from .backends import backend_class
+    from ..runtime.backends import backend_class
 
     if device in ("auto", "cpu"):
         return True
@@ -152,7 +152,7 @@ def time_artifact(
         raise BackendError(f"runs must be a positive integer, got {runs!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise BackendError(f"warmup must be a non-negative integer, got {warmup!r}")
-    from .backends import choose_backend
+    from ..runtime.backends import choose_backend
 
     base = current_rss_mb()
     p = Path(path)
@@ -162,7 +162,7 @@ def time_artifact(
     if not device_present(name, device):
         raise DeviceAbsent(f"no {device} device for the {name} backend here")
 
-    from .session import LandmarkSession
+    from ..runtime.session import LandmarkSession
 
     started = time.perf_counter()
     with LandmarkSession(p, backend=name, device=device, threads=threads) as session:
@@ -217,7 +217,7 @@ def failed_row(path: str | Path, reason: str, status: Status = Status.FAILED, **
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m fan_edge.runtime.bench",
+        prog="python -m fan_edge.ondevice.bench",
         description="Batch-1 latency and peak memory of one exported artifact (torch-free; one fan-bench row).",
     )
     parser.add_argument("artifact", help=".onnx, .xml (OpenVINO IR) or .tflite exported by fan-export")

@@ -2,7 +2,7 @@
 
 Every failure is a one-line :class:`~fan_edge.errors.DataError` naming the
 file: missing, empty, not an image, an unsupported depth, or too large. The
-size is read from the file's header (:mod:`fan_edge.data.headers`, every
+size is read from the file's header (:mod:`fan_edge.files.headers`, every
 format OpenCV decodes) and checked before anything is decoded: a 297 KB GIF
 of 20000 x 20000 or a 14 MB Radiance file of 15000 x 15000 is refused for the
 cost of reading a few hundred bytes, where decoding it first cost 3.1 and
