@@ -130,7 +130,7 @@ def test_torchrun_two_cpu_processes_stop_together_and_resume(faces: Path, tmp_pa
     out = tmp_path / "ddp"
     env = dict(os.environ, FAN_EDGE_NO_PROGRESS="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "fan_edge.cli.train", "--model", TINY, "--data", str(faces), "--out", str(out),
+           "-m", "fan_edge.train", "--model", TINY, "--data", str(faces), "--out", str(out),
            "--epochs", "2", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
     # 16 faces, 2 ranks x batch 4: 2 steps an epoch. Stop after 3 steps (inside epoch 2), on both ranks at once.
     first = subprocess.run(cmd + ["--max-batches", "3"], env=env, capture_output=True, text=True, timeout=300)

@@ -3,8 +3,6 @@ fan-quantize --qat share with them."""
 
 from __future__ import annotations
 
-import sys
-
 import argparse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -105,7 +103,3 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def distill_main(argv: Sequence[str] | None = None) -> int:
     return run_built("fan-distill", lambda: build_parser(distill=True), argv)
-
-
-if __name__ == "__main__":  # torchrun --nproc-per-node N -m fan_edge.cli.train ... is fan-train ... on N processes
-    sys.exit(train_main())
