@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from fan_edge.runtime import soak
+from fan_edge.ondevice import soak
 from fan_edge.runtime.session import LandmarkSession
 
 BACKENDS = {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}
