@@ -453,8 +453,9 @@ def _remove_dead_locks(folder: Path) -> int:
 def output_lock(path: str | os.PathLike[str], who: str = "fan-edge run", wait: bool = False) -> Iterator[None]:
     """Hold the lock of output ``path`` (and the files that go with it: its sidecar, its weights) for the block.
 
-    Why: two runs writing one output interleave. Two ``fan-export`` runs started 6.5 s apart once left the artifact
-    of one with the sidecar of the other, and the first then verified the second's artifact. Another process (or
+    Why: two runs writing one output interleave. Two ``fan-export`` runs to one output once left the artifact of
+    one with the sidecar of the other, and the first then verified the second's artifact (README.md, Reliability).
+    Another process (or
     another thread of this one) asking for a held lock is refused at once with a one-line OutputError naming
     ``who`` holds it, or with ``wait`` waits its turn; the same thread may take it again (re-entrant).
     The lock is ``fcntl.flock`` on ``.fan-edge-tmp/NAME.lock`` in the output's folder: the kernel releases it when

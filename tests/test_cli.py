@@ -232,11 +232,11 @@ def _row(model, target, precision, ms, nme, **kw):
 
 def test_pareto_points_carry_model_names_and_the_legend_says_what_markers_mean():
     from fan_edge.bench.pareto import LEGEND, legend_keys, point_label
-    from fan_edge.ondevice.bench import STATUS_FAILED_ACCURACY
+    from fan_edge.rows import Status
 
     rows = [_row("fan2-w64-i128-300w", "torch", "fp32", 30.0, 4.5), _row("runs/x/final.safetensors", "onnxruntime", "int8", 3.0, 4.6),
             _row("fan2-w64-i128-300w", "litert", "int8", 10.0, 4.9, device="ethos-u55-128", latency_source="vela estimate (x)"),
-            _row("fan2-w64-i128-300w", "openvino", "int8", 5.0, 6.0, status=STATUS_FAILED_ACCURACY)]
+            _row("fan2-w64-i128-300w", "openvino", "int8", 5.0, 6.0, status=Status.FAILED_ACCURACY)]
     assert point_label(rows[0]) == "fan2-w64-i128-300w torch:fp32"
     assert point_label(rows[1]) == "final.safetensors onnxruntime:int8"
     assert point_label(rows[2]) == "fan2-w64-i128-300w litert:int8@ethos-u55-128"

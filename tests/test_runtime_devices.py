@@ -230,6 +230,5 @@ def test_eight_threads_give_the_sequential_results(artifacts, backend):
         for (points, scores), (exp_points, exp_scores) in zip(results, expected):
             np.testing.assert_array_equal(points, exp_points)
             np.testing.assert_array_equal(scores, exp_scores)
-        pool = getattr(session.backend, "_requests", None) or getattr(session.backend, "_pool", None)
-        if pool is not None:  # one engine object per call in flight at most, never one per call
-            assert 1 <= pool.size <= 8
+        # One engine object per call in flight at most, never one per call.
+        assert 1 <= session.backend.engine_objects <= 8

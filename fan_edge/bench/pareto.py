@@ -17,7 +17,7 @@ from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import BenchError
-from ..ondevice.bench import STATUS_FAILED_ACCURACY
+from ..rows import Status
 
 FRONT_COLOUR, OTHER_COLOUR = "tab:red", "tab:blue"
 # What the plot's markers and colours mean, as its legend says (the keys of the entries a plot can show).
@@ -82,7 +82,7 @@ def legend_keys(rows: Sequence[dict[str, Any]], front: Sequence[int]) -> list[st
     keys += ["torch"] if any(r.get("target") == "torch" for r in rows) else []
     keys += ["artifact"] if any(r.get("target") != "torch" and not is_estimate(r) for r in rows) else []
     keys += ["estimate"] if any(is_estimate(r) for r in rows) else []
-    keys += ["failed"] if any(r.get("status") == STATUS_FAILED_ACCURACY for r in rows) else []
+    keys += ["failed"] if any(r.get("status") == Status.FAILED_ACCURACY for r in rows) else []
     return keys
 
 
@@ -107,11 +107,11 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | N
     front = [measured[j] for j in pareto_front([xy[i] for i in measured])]
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    texts = [point_label(r) + (" (failed acc.)" if r.get("status") == STATUS_FAILED_ACCURACY else "")
+    texts = [point_label(r) + (" (failed acc.)" if r.get("status") == Status.FAILED_ACCURACY else "")
              + (" (estimated)" if is_estimate(r) else "") for r in shown]
     labels = []
     for i, (r, (x, y)) in enumerate(zip(shown, xy)):
-        failed = r.get("status") == STATUS_FAILED_ACCURACY
+        failed = r.get("status") == Status.FAILED_ACCURACY
         torch_row = r.get("target") == "torch"
         ax.scatter(
             [x],

@@ -27,7 +27,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench.settings import bench_settings, format_settings, measured_run
     from ..bench.targets import DEFAULT_TARGETS, parse_targets
     from ..errors import BenchError
-    from ..ondevice.bench import STATUS_FAILED
+    from ..rows import Status
 
     missing = [a for a in args.artifact if not Path(a).exists()]
     if missing:  # a typo is bad input, not a benchmark result (run_bench itself makes it a failed row)
@@ -61,7 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             stderr(f"wrote {Path(write_json(args.json, rows, settings)).resolve()}")
         print(format_table(rows, markdown=args.markdown))
         print(f"\n{format_settings(settings)}")
-    return 1 if any(r["status"] == STATUS_FAILED for r in rows) else 0
+    return 1 if any(r["status"] == Status.FAILED for r in rows) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

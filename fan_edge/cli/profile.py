@@ -93,11 +93,11 @@ def print_profile(row: dict[str, Any], args: argparse.Namespace) -> int:
     """Print one fan-profile row as asked; the exit status follows fan_edge.ondevice.bench (0 timed, 1 failed, 3 device absent)."""
     from ..bench.profile import ordered_row
     from ..bench.profile.output import format_row
-    from ..ondevice.bench import STATUS_DEVICE_ABSENT, STATUS_PASSED
+    from ..rows import Status
 
     row = ordered_row(row)
     print(format_row(row, "json" if args.json else "csv" if args.csv else "table"))
-    return 0 if row["status"] == STATUS_PASSED else 3 if row["status"] == STATUS_DEVICE_ABSENT else 1
+    return 0 if row["status"] == Status.PASSED else 3 if row["status"] == Status.DEVICE_ABSENT else 1
 
 
 def profile_main(argv: Sequence[str] | None = None) -> int:

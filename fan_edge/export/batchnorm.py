@@ -3,12 +3,12 @@
 FAN's BatchNorms are pre-activation (``conv(relu(bn(x)))``, and the raw conv
 output also feeds the block's concat), so none of them folds into a
 convolution. litert-torch lowers each one to SUB, MUL, MUL, ADD: four
-elementwise ops, each quantized on its own in int8, for 93 BatchNorms in a
-2-stack FAN (578 ops in all). A per-channel affine map is exactly a 1x1
-depthwise convolution with bias, which TFLite runs as one
-DEPTHWISE_CONV_2D with the following ReLU fused in: 300 ops, and the int8
-weight of each channel is its own per-channel scale (exact). Measured in
-docs/export.md.
+elementwise ops, each quantized on its own in int8, for every BatchNorm of
+the network. A per-channel affine map is exactly a 1x1 depthwise
+convolution with bias, which TFLite runs as one DEPTHWISE_CONV_2D with the
+following ReLU fused in, and the int8 weight of each channel is its own
+per-channel scale (exact). Op counts and latencies: docs/export.md,
+"BatchNorm as one op".
 """
 
 from __future__ import annotations

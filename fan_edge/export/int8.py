@@ -1,15 +1,15 @@
 """FAN's int8 recipe, shared by the three post-training quantizers (ONNX Runtime, NNCF for OpenVINO, ai-edge-quantizer
-for TFLite). Measured on the bundled default (docs/quantization.md has the commands and tables).
+for TFLite). Measured, not guessed: docs/quantization.md has the commands and figures.
 
 - **Ranges: per-face minima and maxima, averaged over the calibration faces.**
   FAN's activations (the residual stream, the concatenated block outputs)
   carry rare large values; a global min/max over batches of faces spends the
-  8 bits on them (ΔNME on AFW +0.57 ONNX, +0.36 OpenVINO, +0.35 TFLite,
-  failing the 0.15-point tolerance), a percentile clip or the mean of
-  per-face extremes does not. Every target uses the mean of per-face extremes,
-  each with its own library's estimator: ONNX Runtime MinMax with
-  ``CalibMovingAverage``, NNCF ``MEAN_MINMAX``, ai-edge-quantizer's moving
-  average, all fed one face per sample by
+  8 bits on them (failing the 0.15-point tolerance on every target), a
+  percentile clip or the mean of per-face extremes does not. Every target
+  uses the mean of per-face extremes, each with its own library's
+  estimator: ONNX Runtime MinMax with ``CalibMovingAverage``, NNCF
+  ``MEAN_MINMAX``, ai-edge-quantizer's moving average, all fed one face per
+  sample by
   :class:`fan_edge.calibration.FaceCrops` (faces chosen to cover pose and
   lighting, :func:`fan_edge.calibration.calibration_faces`).
 - **Layers kept float: by measured sensitivity, per target** (:data:`FLOAT_LAYERS`),

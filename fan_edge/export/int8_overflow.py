@@ -5,8 +5,9 @@ int8 dot products with ``vpmaddubsw``, which adds two adjacent products into a
 signed 16-bit lane **with saturation**. ONNX Runtime's U8S8 kernels use it
 there, so a convolution whose weights hold two large values of the same sign
 next to each other silently clips whenever the activations are large: the
-default model lost 1.9 NME points on such a CPU and nothing on a VNNI one. A
-test on the exporting machine cannot see this; the weights can. With weights
+default model lost accuracy on such a CPU and none on a VNNI one (figures:
+docs/npu.md, "int8 on CPUs without VNNI"). A test on the exporting machine
+cannot see this; the weights can. With weights
 of at most 64 in magnitude (ONNX Runtime's ``reduce_range``, 7-bit weights)
 ``2 x 255 x 64 = 32,640`` fits, on every CPU.
 

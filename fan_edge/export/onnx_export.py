@@ -132,22 +132,23 @@ class OnnxInt8Recipe:
       ``get_qnn_qdq_config``, which ONNX Runtime's CPU kernels run as well),
       with every BatchNorm first written as a 1x1 depthwise convolution
       (``batchnorm_as_depthwise``, as the TFLite target does). Quantizing the
-      convolutions alone left 95 BatchNorms and their ReLUs in float between
+      convolutions alone left every BatchNorm and its ReLU in float between
       Quantize/Dequantize pairs, no faster than fp32 on the CPU; on
       Qualcomm's NPU, quantized BatchNorms lost most of int8's accuracy
       (docs/npu.md has both measurements).
     - weights int8 per output channel, activations uint8 per tensor: U8S8 is
-      ONNX Runtime's fast x86 combination (S8S8 and U8U8 run 2-3x slower).
+      ONNX Runtime's fast x86 combination (S8S8 and U8U8 are slower;
+      docs/npu.md).
     - ``reduce_range``: weights in 7 bits (-64..64). Without VNNI, x86
       kernels add two uint8 x int8 products in a saturating 16-bit lane;
       7-bit weights keep every such sum in range on every CPU
       (:mod:`fan_edge.export.int8_overflow` checks the result), at a cost
-      within the int8 tolerance (docs/export.md has the measurement).
+      within the int8 tolerance (docs/npu.md has the measurement).
     - ranges: the mean of per-face minima and maxima (MinMax with
       ``CalibMovingAverage``, one face per sample: :mod:`fan_edge.export.int8`).
     - ``activation_type`` ``QUInt16`` (with 8-bit weights, no overflow to
-      guard against: W8A16) for a model whose 8-bit activations fail: the
-      256 px model lost 0.44 NME points at 8 bits and 0.05 at 16.
+      guard against: W8A16) for a model whose 8-bit activations fail, such
+      as the 256 px zoo model (docs/npu.md, "The zoo on both NPUs").
     - ``keep_float``: module-name patterns whose convolutions stay float
       (None: :data:`fan_edge.export.int8.FLOAT_LAYERS`).
     - ``check_overflow``: refuse a graph whose uint8 x int8 sums could

@@ -14,10 +14,9 @@ Starts from the same fp32 ONNX graph as the ONNX target
   ``MEAN_MINMAX`` (per-face extremes averaged) and the convolutions that
   :mod:`fan_edge.export.int8` keeps float in the ignored scope. A
   quantization-aware-trained checkpoint (``fan-quantize --qat``) takes the
-  same route with its fine-tuned weights: on all 337 AFW faces that beat
-  converting NNCF's trained quantizers to FakeQuantize ops on each of four
-  QAT checkpoints, by 0.008 to 0.047 NME points (docs/quantization.md), as
-  it does for ONNX and TFLite.
+  same route with its fine-tuned weights, as it does for ONNX and TFLite:
+  on AFW that beat converting NNCF's trained quantizers to FakeQuantize ops
+  on the QAT checkpoints of docs/quantization.md.
 
 ``outputs="landmarks"``: the decoding head is converted on its own and wired
 after the compressed or quantized network (its parameter's consumers are

@@ -123,7 +123,8 @@ class OffloadReport:
     """What QNN's HTP takes of a model for one SoC.
 
     ``nodes`` counts the graph as onnxruntime hands it to QNN, after onnxruntime's own rewrites: a few more
-    nodes than the file has (966 against 897 for the default FAN). ``npu_nodes`` counts those QNN takes; ``unsupported`` the others as "op_type name",
+    nodes than the file has (its basic optimisations duplicate shared DequantizeLinear nodes; counts: docs/npu.md).
+    ``npu_nodes`` counts those QNN takes; ``unsupported`` the others as "op_type name",
     with QNN's reason for each at the same index of ``reasons``. ``full_offload`` also requires that QNN
     compiled the graph (``error`` says why not).
     """

@@ -14,9 +14,9 @@ partial file.
 One writer per output: :func:`fan_edge.atomic.output_lock` is held by
 ``export_model`` on each output from before the model is loaded until its
 commit is done; a second ``fan-export`` to the same output is refused in one
-line. Two runs once interleaved (one 6.5 s after the other): the artifact of
-one and the sidecar of the other were left together, and the first run then
-verified the second's artifact.
+line. Two runs once interleaved: the artifact of one and the sidecar of the
+other were left together, and the first run then verified the second's
+artifact (README.md, Reliability).
 
 An artifact may be a folder (Core ML's ``.mlpackage``): it is built whole
 inside the staging folder, every file in it fsynced, then moved in with one

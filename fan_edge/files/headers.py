@@ -1,9 +1,9 @@
 """Image file headers read before decoding: size, depth and EXIF orientation of every format fan-edge decodes.
 
 Why: OpenCV allocates the whole image as soon as it has read a header, then
-decodes into it; a check after decoding comes too late. A 297 KB GIF that
-declares 20000 x 20000 pixels cost 3.1 GB and 15 s before it was refused, a
-14 MB Radiance HDR of 15000 x 15000 cost 5.2 GB. So every format OpenCV can
+decodes into it; a check after decoding comes too late: a small GIF or
+Radiance HDR file that declares a huge image cost gigabytes before it was
+refused (README.md, Reliability: image bombs). So every format OpenCV can
 decode is recognised here by the signature OpenCV itself uses to choose a
 decoder, and its header is read with plain file reads (no codec): the size of
 the array the decoder will produce. :mod:`fan_edge.files.images` refuses what is

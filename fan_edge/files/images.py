@@ -3,10 +3,10 @@
 Every failure is a one-line :class:`~fan_edge.errors.DataError` naming the
 file: missing, empty, not an image, an unsupported depth, or too large. The
 size is read from the file's header (:mod:`fan_edge.files.headers`, every
-format OpenCV decodes) and checked before anything is decoded: a 297 KB GIF
-of 20000 x 20000 or a 14 MB Radiance file of 15000 x 15000 is refused for the
-cost of reading a few hundred bytes, where decoding it first cost 3.1 and
-5.2 GB. A file whose header cannot be read is refused, never decoded to find
+format OpenCV decodes) and checked before anything is decoded: a small file
+that declares a huge image is refused for the cost of reading a few hundred
+bytes, where decoding it first cost gigabytes (README.md, Reliability: image
+bombs). A file whose header cannot be read is refused, never decoded to find
 out. What the codecs print while decoding a damaged file (libpng, libjpeg,
 libtiff write to the terminal themselves) becomes part of that one line, or
 one logged warning when the file still decodes.
@@ -98,7 +98,7 @@ def image_decoder() -> str:
 
     OpenCV where it is installed (the toolkit: training, export, the test
     suite), Pillow in the runtime-only install, whose base is numpy and Pillow
-    (OpenCV alone is 170 MB installed). Both decode JPEG through
+    (OpenCV would be its largest part; sizes: docs/runtime.md). Both decode JPEG through
     libjpeg-turbo with the same settings, so the pixels, and the landmarks,
     are the same (docs/runtime.md). ``FAN_EDGE_IMAGE_DECODER`` picks one.
     """

@@ -6,10 +6,10 @@ the teachers themselves, as LS3D-W was vetted:
 - **consensus**: the label is the per-point mean (or median) of the
   teachers' points, each teacher's being the average of its passes on the
   face and on the mirrored face. The mean is the default because it
-  measured better: on 300-W AFW, default + fan2-w64-i256-300w + dlib gave
-  NME io 3.63% by the mean and 3.84% by the median (two FAN teachers of one
+  measured better on 300-W AFW with two FAN teachers and dlib (docs/label.md,
+  "How the rule and the thresholds were chosen"): two FAN teachers of one
   family agree with each other, so the median all but ignores the third,
-  independent one); with two teachers the two rules coincide.
+  independent one; with two teachers the two rules coincide.
 - **disagreement**: each teacher's NME (inter-ocular, :mod:`fan_edge.data.metrics`)
   against the consensus; their mean is the face's figure. Teachers that
   learnt from different data and methods rarely fail the same way, so a

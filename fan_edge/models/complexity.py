@@ -97,8 +97,8 @@ def count_macs(model: nn.Module, input_size: int, channels: int = 3) -> int:
     matrix products, which are all of FAN's MACs; elementwise ops (BN, ReLU,
     adds) are not MACs and are not counted, as in the paper's figures. A
     plain FAN is counted on a twin built on the meta device: the same graph
-    without memory or arithmetic (a 4-stack FAN at 1024x1024 took 1 GB and
-    48 s counted for real); any other module runs for real.
+    without memory or arithmetic (counting a large FAN for real is slow and
+    takes gigabytes: docs/zoo.md); any other module runs for real.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode

@@ -4,8 +4,8 @@ Three readers, each checking what a file declares before acting on it:
 
 - :func:`check_zip_archive`: a zip checkpoint's directory (entry count, and
   every entry's *uncompressed* size) within bounds before torch opens it. A
-  2.5 MB file whose one deflated storage inflates to 2 GiB is refused here,
-  having cost nothing.
+  small file whose one deflated storage inflates to gigabytes is refused
+  here, having cost nothing (README.md, Reliability: checkpoint bombs).
 - :class:`SafeUnpickler`: a pickle interpreter with an allow-list, for the
   pickles inside ``torch.save`` files (``torch.load(..., pickle_module=
   SAFE_PICKLE)``). It reads protocols 2 to 5 (torch's own weights-only

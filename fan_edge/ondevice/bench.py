@@ -45,12 +45,6 @@ from ..errors import BackendError, FanEdgeError, first_line
 from ..limits import MAX_THREADS, non_negative_int, positive_int, threads_arg
 from ..rows import ROW_KEYS, BenchRow, Status  # noqa: F401 - ROW_KEYS: re-exported for fan-bench and fan-profile
 
-# The row (fan_edge.rows.BenchRow: fan-bench's keys, then how it was measured) and its statuses, shared with fan-bench.
-STATUS_PASSED = Status.PASSED
-STATUS_FAILED_ACCURACY = Status.FAILED_ACCURACY
-STATUS_FAILED = Status.FAILED
-STATUS_DEVICE_ABSENT = Status.DEVICE_ABSENT
-
 # Device families a target spec may name, and the backend device names that provide them.
 DEVICE_ALIASES: dict[str, tuple[str, ...]] = {
     "cpu": ("cpu",),

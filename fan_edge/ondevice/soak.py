@@ -223,12 +223,6 @@ def _rss_mb() -> float | None:
     return current_rss_mb()
 
 
-def _engine_objects(session: Any) -> int:
-    """How many engine objects serve the session: pooled infer requests / interpreters, else one."""
-    pool = getattr(session.backend, "_requests", None) or getattr(session.backend, "_pool", None)
-    return int(getattr(pool, "size", 1))
-
-
 def _wait(load: _Load, until: Callable[[], bool], log: Callable[[str], None] | None, every_s: float, started: float) -> None:
     """Poll until ``until()`` holds, logging progress every ``every_s`` seconds."""
     last = time.perf_counter()
@@ -345,7 +339,7 @@ def _report(
         # VmHWM is updated lazily by the kernel and can trail a fresh statm reading: the peak is at least both readings.
         "peak_rss_mb": round(max(peak_rss_mb(), rss_warm or 0.0, rss_end or 0.0), 2),
         "max_growth_pct": max_growth_pct,
-        "engine_objects": _engine_objects(session),
+        "engine_objects": session.backend.engine_objects,
         "backend": session.backend.name,
         "device": session.device,
         "passed": not failures,

@@ -28,13 +28,13 @@ loads; and ``final.qat.safetensors`` beside it: the quantizers (NNCF's
 config in the metadata, their parameters as tensors), which resume and
 :func:`load_qat` (the fake-quantized model, for validation) read.
 ``fan-export --model OUT/final.safetensors --precision int8`` quantizes the
-QAT weights with each target's post-training recipe: measured on all 337
-AFW faces, that beat exporting NNCF's trained quantizers (ONNX QDQ: as
-accurate and slower than fp32 in ONNX Runtime; OpenVINO FakeQuantize: 0.008
-to 0.047 NME points worse on four checkpoints; docs/quantization.md).
+QAT weights with each target's post-training recipe: measured on AFW, that
+beat exporting NNCF's trained quantizers (ONNX QDQ: as accurate, and slower
+than the recipe's graph in ONNX Runtime; OpenVINO FakeQuantize: worse on
+the QAT checkpoints since trained; figures: docs/quantization.md).
 
 NNCF's CPU and CUDA kernels are C++ extensions compiled on first use
-(minutes on a small machine, and a compiler: nvcc for the GPU);
+(slowly, and with a compiler: nvcc for the GPU);
 :func:`use_eager_kernels` runs NNCF's own reference implementation of the
 same functions in plain PyTorch instead, on either device.
 """

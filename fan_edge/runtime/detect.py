@@ -15,9 +15,9 @@ the two measured on 300-W HELEN train (tests/test_predict.py measures it
 again and checks these figures). :func:`detect_and_predict` can then re-box
 each face from its predicted landmarks and predict again
 (``refine_passes``), which brings the box all the way to the training
-convention: on the 316 AFW faces it finds (of 337), the bundled default scored
-NME inter-ocular 5.06% from dlib's raw boxes, 4.89% from the mapped ones,
-4.60% after one pass and 4.51% from ground-truth boxes (docs/runtime.md).
+convention: on AFW, one pass brings the bundled default most of the way from
+dlib's boxes to its accuracy on ground-truth boxes (figures: docs/runtime.md,
+"Face detection").
 
 A detection is kept when its score reaches ``min_score``
 (:data:`MIN_SCORE` in ``fan-edge predict``; dlib reports scores from 0, its

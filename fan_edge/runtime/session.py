@@ -70,7 +70,7 @@ def read_contract(path: str | Path, backend: Backend | None = None) -> ModelCont
     Either alone serves. Where both exist, they must agree on every field that changes results
     (:data:`~fan_edge.runtime.contract.RESULT_FIELDS`: sizes, crop, layout, value range, I/O names, decoding);
     a difference is a one-line ContractError naming the fields, never a silent choice of one: a sidecar left from
-    another export once moved every point by 136 px (a crop shift of 0.9 against the artifact's own 0.0). An
+    another export once moved every point with its own crop shift (docs/runtime.md). An
     embedded contract that does not parse is refused as well. The sidecar is returned (it carries the
     verification record, which only it has).
     """

@@ -1,8 +1,9 @@
 """Warm starts: begin a variant from another checkpoint's weights instead of from noise.
 
-On two CPU cores a 4-stack model trained from scratch costs hours; starting it
-from a trained 2-stack model of the same width reaches the same place far
-sooner. FAN's stacks share one shape (hourglass, head, the links into the next
+A 4-stack model trained from scratch on a small machine takes many epochs
+to converge; starting it from a trained 2-stack model of the same width
+reaches the same place far sooner (how the zoo's variants were trained:
+docs/zoo.md). FAN's stacks share one shape (hourglass, head, the links into the next
 stack), so the extra stacks start as copies of the checkpoint's last stack and
 its links; training then lets them specialise. Fewer stacks than the
 checkpoint is the ordinary early-exit truncation of :func:`load_weights`.

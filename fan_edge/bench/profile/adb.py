@@ -25,7 +25,8 @@ from typing import Any
 
 from ...errors import ProfileError
 from ...limits import MAX_THREADS, check_int
-from ...ondevice.bench import STATUS_PASSED, artifact_size_mb
+from ...ondevice.bench import artifact_size_mb
+from ...rows import Status
 from ...runtime.contract import read_sidecar
 from ._run import find_tool, last_line, run_tool
 from .benchmark_model import failure_reason, parse_benchmark_output
@@ -260,7 +261,7 @@ def profile_adb(artifact: str | Path, benchmark_binary: str | Path, options: Adb
         **described,
         "target": "litert",
         "device": "gpu" if options.gpu else "nnapi" if options.nnapi else "cpu",
-        "status": STATUS_PASSED,
+        "status": Status.PASSED,
         "size_mb": round(artifact_size_mb(artifact), 3),
         "nme_io": None,
         "nme_box": None,

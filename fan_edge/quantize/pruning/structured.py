@@ -23,11 +23,12 @@ conv's slot (the smallest weights) empties first, leaving 3-channel convs.
 (oneDNN in OpenVINO, MLAS in ONNX Runtime) compute channels in blocks of 8
 or 16, so 12 channels cost what 16 do, and only whole blocks buy latency.
 
-Measured on the bundled default (docs/compression.md): removing trunk
-channels breaks the network until it is fine-tuned, whatever the criterion
-(group L1/L2, BatchNorm scale, activations, first-order Taylor all left AFW
-NME above 50% at 25%), because each trunk channel is cut from every block at
-once. Dropping a stack keeps the early exit's accuracy as it was.
+Measured on an earlier default (docs/compression.md, "Measured on an earlier
+default"): removing trunk channels breaks the network until it is
+fine-tuned, whatever the criterion (group L1/L2, BatchNorm scale,
+activations, first-order Taylor alike), because each trunk channel is cut
+from every block at once. Dropping a stack keeps the early exit's accuracy
+as it was.
 """
 
 from __future__ import annotations

@@ -105,6 +105,18 @@ class Backend(ABC):
         return ["cpu"]
 
     @property
+    def engine_objects(self) -> int:
+        """How many engine objects (sessions, infer requests, interpreters) this backend holds now; read-only.
+
+        A backend whose run state is thread-safe serves every call with one
+        object (the default, 1); a pooling backend reports its pool's size: one
+        object per call that was ever in flight at once, so the figure stays
+        flat after warm-up. The soak (:mod:`fan_edge.ondevice.soak`) reports
+        it to show that threads do not multiply engines.
+        """
+        return 1
+
+    @property
     def dynamic_batch(self) -> bool:
         shape = self.inputs[0].shape
         return bool(shape) and shape[0] is None

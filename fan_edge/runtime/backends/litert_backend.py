@@ -269,6 +269,11 @@ class LiteRTBackend(Backend):
             infos.append(TensorInfo(name, tuple(shape), np.dtype(d["dtype"]).name))
         return infos
 
+    @property
+    def engine_objects(self) -> int:
+        """Interpreters in the pool (idle or in use)."""
+        return self._pool.size
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         name, d = self._input
         x = np.ascontiguousarray(batch, dtype=np.float32)

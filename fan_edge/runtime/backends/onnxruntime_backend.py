@@ -22,7 +22,7 @@ chip: its ``soc_model`` comes from the suffix, else from the model's contract
 QNN asks the chip it runs on (which only works on the phone; off it, the
 emulated HTP needs a SoC). CPU fallback is disabled for QNN, so a model that
 does not offload completely is a one-line error instead of a silent CPU run. On
-x86 the plugin's HTP is an emulator (seconds per inference): it is not listed
+x86 the plugin's HTP is a slow emulator (docs/npu.md): it is not listed
 among the devices (nothing there to deploy to or benchmark; ``fan-bench``
 reports the NPU absent), yet naming ``qnn`` or ``npu`` uses it, which is how
 an NPU model's accuracy is checked off the phone.

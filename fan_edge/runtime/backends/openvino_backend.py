@@ -225,6 +225,11 @@ class OpenVINOBackend(Backend):
     def outputs(self) -> list[TensorInfo]:
         return list(self._outputs)
 
+    @property
+    def engine_objects(self) -> int:
+        """Infer requests in the pool (idle or in use)."""
+        return self._requests.size
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = np.ascontiguousarray(batch, dtype=np.float32)
         with self._requests.take() as request:
