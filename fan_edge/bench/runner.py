@@ -48,8 +48,6 @@ from ..rows import BenchRow, Status
 from ..ondevice.bench import artifact_size_mb
 from .targets import TORCH, BenchTarget
 
-# Calibration faces when --calib is not given: the training split beside the checkout (never the evaluated faces).
-DEFAULT_CALIB = ("..", "shared", "data", "300w", "helen_train")
 CACHE_MANIFEST = "fan-bench-cache.json"
 # The exporter's parity check draws its faces with this seed; the benchmark scores the very same faces.
 FACES_SEED = 1
@@ -77,12 +75,6 @@ class BenchOptions:
     soc: str | None = None  # Snapdragon of the @npu rows of onnxruntime (fan-export --soc; default SM8650)
     npu_faces: int = 64  # faces scored on the QNN emulator (seconds each), with PyTorch on the same faces
     baseline: bool = True  # add a PyTorch row for artifacts whose model is a registry name
-
-
-def default_calib_dir() -> Path | None:
-    from ..export.exporter import shared_folder
-
-    return shared_folder(DEFAULT_CALIB)
 
 
 # ---- rows ----------------------------------------------------------------------------------------
@@ -163,13 +155,6 @@ def torch_accuracy(net: Any, faces: Faces) -> dict[str, Any]:
 # ---- timing in a fresh process -------------------------------------------------------------------
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
 def timing_command(path_or_model: str, target: BenchTarget, options: BenchOptions) -> list[str]:
     common = ["--threads", str(options.threads), "--runs", str(options.runs), "--warmup", str(options.warmup), "--json"]
     if target.is_torch:
@@ -191,7 +176,7 @@ def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions) ->
     """The row printed (as JSON) by the timing subprocess, its status and error included."""
     cmd = timing_command(path_or_model, target, options)
     try:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=options.timeout_s, env=_environment())
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=options.timeout_s)
     except subprocess.TimeoutExpired:
         raise BenchError(f"timing did not finish within {options.timeout_s:.0f} s") from None
     for line in reversed(proc.stdout.strip().splitlines()):
@@ -282,7 +267,7 @@ def export_artifacts(
     fails, its artifacts are retried one by one so that only the failing one
     is lost.
     """
-    from ..export.exporter import TARGETS, default_output, default_verify_dir, export_model
+    from ..export.exporter import TARGETS, default_output, export_model
     from ..export.int8 import Int8Recipe
 
     out = options.out.resolve()
@@ -290,8 +275,8 @@ def export_artifacts(
     int8 = Int8Recipe(calib=options.calib, calib_faces=options.calib_faces)  # one int8 recipe for every row
     verify: Path | bool = False
     if options.verify_export:
-        # The faces scored by the benchmark; without them the exporter's own default (AFW), then the calibration faces.
-        verify = options.data or default_verify_dir() or options.calib or False
+        # The faces scored by the benchmark, else the calibration faces (the CLI fills in its documented defaults).
+        verify = options.data or options.calib or False
     from ..export.devices import resolve_device
 
     def artifact_path(t: BenchTarget) -> Path:

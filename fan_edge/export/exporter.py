@@ -36,9 +36,6 @@ from .job import ExportJob
 from .metadata import build_contract
 from .parity import TOLERANCES, ParityReport, verify_artifact
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# Verification faces when neither --verify nor --calib names a folder (relative to the checkout, then to the cwd).
-DEFAULT_VERIFY = ("..", "shared", "data", "300w", "afw")
 DEFAULT_VERIFY_FACES = 64
 
 
@@ -212,19 +209,6 @@ def resolve_model(model: Any, trust: bool = False, input_size: int | None = None
 def default_output(name: str, target: Target, precision: str, outputs: str, folder: Path | None = None) -> Path:
     stem = f"{name}-{precision}" + ("-landmarks" if outputs == "landmarks" else "")
     return (folder or Path.cwd()) / f"{stem}{target.suffix}"
-
-
-def shared_folder(parts: tuple[str, ...]) -> Path | None:
-    """A folder of ``../shared`` beside the checkout (or the working directory), when present."""
-    for base in (REPO_ROOT, Path.cwd()):
-        candidate = base.joinpath(*parts).resolve()
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def default_verify_dir() -> Path | None:
-    return shared_folder(DEFAULT_VERIFY)
 
 
 def _outputs_for(output: str | Path | None, combos: list[tuple[Target, str]], name: str, outputs: str) -> list[Path]:
