@@ -207,23 +207,30 @@ def test_a_real_bomb_costs_a_fresh_process_no_memory(tmp_path: Path) -> None:
     assert int(peak) < 300, f"peak RSS {peak} MiB"
 
 
+def _small_file(ext: str, folder: Path) -> Path:
+    """An 80 x 60 image with a gradient in each channel, written by OpenCV as ``ext`` (float for PFM and HDR, grey for
+    PGM); the test skips where this OpenCV cannot write the format."""
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = np.arange(80) * 3, 90, np.arange(60)[:, None] * 4
+    image = rgb.astype(np.float32) / 255 if ext in (".pfm", ".hdr") else (rgb[..., 0] if ext == ".pgm" else rgb[..., ::-1])
+    try:
+        ok, data = cv2.imencode(ext, np.ascontiguousarray(image))
+    except cv2.error:
+        ok = False
+    if not ok:
+        pytest.skip(f"this OpenCV cannot write {ext}")
+    path = folder / f"small{ext}"
+    path.write_bytes(data.tobytes())
+    return path
+
+
 @pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".webp", ".tif", ".ppm", ".pgm", ".pam", ".pfm", ".hdr", ".ras",
                                  ".jp2", ".gif", ".avif"])
 def test_ordinary_files_of_every_format_still_read(ext: str, tmp_path: Path) -> None:
     """The header readers refuse bombs, not images: a small file of each format decodes to its own size."""
     from fan_edge.files.images import check_image_file, read_image
 
-    rgb = np.zeros((60, 80, 3), np.uint8)
-    rgb[..., 0], rgb[..., 1] = np.arange(80) * 3, 90
-    image = rgb.astype(np.float32) / 255 if ext in (".pfm", ".hdr") else (rgb[..., 0] if ext == ".pgm" else rgb)
-    try:
-        ok, data = cv2.imencode(ext, image)
-    except cv2.error:
-        ok = False
-    if not ok:
-        pytest.skip(f"this OpenCV cannot write {ext}")
-    path = tmp_path / f"small{ext}"
-    path.write_bytes(data.tobytes())
+    path = _small_file(ext, tmp_path)
     assert check_image_file(path) == (80, 60)
     assert read_image(path).shape[:2] == (60, 80)
 
@@ -235,17 +242,7 @@ def test_the_pillow_decoder_gives_opencvs_pixels_or_says_it_needs_opencv(ext: st
     from fan_edge.files.images import PILLOW_FORMATS, read_image
     from fan_edge.errors import DataError
 
-    rgb = np.zeros((60, 80, 3), np.uint8)
-    rgb[..., 0], rgb[..., 1], rgb[..., 2] = np.arange(80) * 3, 90, np.arange(60)[:, None] * 4
-    image = rgb.astype(np.float32) / 255 if ext in (".pfm", ".hdr") else (rgb[..., 0] if ext == ".pgm" else rgb[..., ::-1])
-    try:
-        ok, data = cv2.imencode(ext, np.ascontiguousarray(image))
-    except cv2.error:
-        ok = False
-    if not ok:
-        pytest.skip(f"this OpenCV cannot write {ext}")
-    path = tmp_path / f"small{ext}"
-    path.write_bytes(data.tobytes())
+    path = _small_file(ext, tmp_path)
     monkeypatch.setenv("FAN_EDGE_IMAGE_DECODER", "opencv")
     by_opencv = read_image(path)
     monkeypatch.setenv("FAN_EDGE_IMAGE_DECODER", "pillow")
