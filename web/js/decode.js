@@ -42,9 +42,10 @@ function argmax(hm, start, len) {
   return best - start;
 }
 
-// argmax_quarter: each heatmap's peak moved a quarter cell toward the higher neighbour (FAN's refinement).
-// Returns {cells: Float64Array (count * 2) of (x, y) cell coordinates, scores: Float32Array (count)}.
-export function argmaxQuarter(hm, count, h, w) {
+// Each heatmap's peak and score, the peak moved on each axis by `step(centre, before, after)` of its value and its two
+// neighbours on that axis (no move on the border). Returns {cells: Float64Array (count * 2) of (x, y) cell
+// coordinates, scores: Float32Array (count)}.
+function refinedPeaks(hm, count, h, w, step) {
   const cells = new Float64Array(count * 2);
   const scores = new Float32Array(count);
   const plane = h * w;
@@ -54,12 +55,12 @@ export function argmaxQuarter(hm, count, h, w) {
     scores[r] = hm[base + idx];
     const py = Math.floor(idx / w);
     const px = idx - py * w;
-    let dx = 0;
-    let dy = 0;
-    if (px > 0 && px < w - 1) dx = towardHigher(hm[base + py * w + px - 1], hm[base + py * w + px + 1]);
-    if (py > 0 && py < h - 1) dy = towardHigher(hm[base + (py - 1) * w + px], hm[base + (py + 1) * w + px]);
-    cells[2 * r] = px + 0.25 * dx;
-    cells[2 * r + 1] = py + 0.25 * dy;
+    const at = (x, y) => hm[base + y * w + x];
+    const centre = at(px, py);
+    const dx = px > 0 && px < w - 1 ? step(centre, at(px - 1, py), at(px + 1, py)) : 0.0;
+    const dy = py > 0 && py < h - 1 ? step(centre, at(px, py - 1), at(px, py + 1)) : 0.0;
+    cells[2 * r] = px + dx;
+    cells[2 * r + 1] = py + dy;
   }
   return { cells, scores };
 }
@@ -76,28 +77,14 @@ function gaussianStep(centre, before, after) {
   return Math.min(Math.max(delta, -0.5), 0.5);
 }
 
+// argmax_quarter: each heatmap's peak moved a quarter cell toward the higher neighbour (FAN's refinement).
+export function argmaxQuarter(hm, count, h, w) {
+  return refinedPeaks(hm, count, h, w, (centre, before, after) => 0.25 * towardHigher(before, after));
+}
+
 // argmax_gaussian: each heatmap's peak refined by a Gaussian (log-parabola) fit on each axis.
 export function argmaxGaussian(hm, count, h, w) {
-  const cells = new Float64Array(count * 2);
-  const scores = new Float32Array(count);
-  const plane = h * w;
-  for (let r = 0; r < count; r++) {
-    const base = r * plane;
-    const idx = argmax(hm, base, plane);
-    scores[r] = hm[base + idx];
-    const py = Math.floor(idx / w);
-    const px = idx - py * w;
-    const xm = Math.min(Math.max(px - 1, 0), w - 1);
-    const xp = Math.min(Math.max(px + 1, 0), w - 1);
-    const ym = Math.min(Math.max(py - 1, 0), h - 1);
-    const yp = Math.min(Math.max(py + 1, 0), h - 1);
-    const centre = hm[base + py * w + px];
-    const dx = px > 0 && px < w - 1 ? gaussianStep(centre, hm[base + py * w + xm], hm[base + py * w + xp]) : 0.0;
-    const dy = py > 0 && py < h - 1 ? gaussianStep(centre, hm[base + ym * w + px], hm[base + yp * w + px]) : 0.0;
-    cells[2 * r] = px + dx;
-    cells[2 * r + 1] = py + dy;
-  }
-  return { cells, scores };
+  return refinedPeaks(hm, count, h, w, gaussianStep);
 }
 
 export const REFINEMENTS = { quarter: argmaxQuarter, gaussian: argmaxGaussian };
