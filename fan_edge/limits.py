@@ -121,3 +121,11 @@ workers_arg = int_arg(1, MAX_WORKERS)
 loader_workers_arg = int_arg(0, MAX_WORKERS)  # a DataLoader's: 0 loads in the training process itself
 batch_arg = int_arg(1, MAX_BATCH_SIZE)
 input_size_arg = int_arg(1, MAX_INPUT_SIZE)
+
+
+def head_stride_arg(text: str) -> int:
+    """An argparse ``type`` for a heatmap stride: 4 (FAN's heads) or 2 (fine heads)."""
+    value = int(text)
+    if value not in (2, 4):
+        raise argparse.ArgumentTypeError(f"must be 4 (FAN's heatmaps) or 2 (fine heads), got {text}")
+    return value

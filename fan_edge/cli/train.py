@@ -7,13 +7,14 @@ import argparse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..limits import batch_arg, input_size_arg, loader_workers_arg
+from ..limits import batch_arg, head_stride_arg, input_size_arg, loader_workers_arg
 from .common import OneLineParser, debug_arg, run_built
 
 # TrainSpec fields whose flags are bounded at parse time (fan_edge.limits): a typo such as --batch-size 1600000 or
 # --input-size 65536 is a one-line usage error, not a traceback after allocating tens of gigabytes.
 SPEC_TYPES: dict[str, Callable[[str], int]] = {
     "batch_size": batch_arg, "input_size": input_size_arg, "workers": loader_workers_arg,
+    "head_stride": head_stride_arg,
 }
 
 
@@ -48,6 +49,10 @@ def spec_arguments(parser: argparse.ArgumentParser, distill: bool, defaults: Map
                                               "(default 1 each; 0.5 draws a seeded half)")
         elif f.name == "teacher":
             action = parser.add_argument(flag, required=True, help="teacher checkpoint or registry name (e.g. an official 2DFAN-4 .pth.tar)")
+        elif f.name == "head_stride":
+            action = parser.add_argument(flag, type=head_stride_arg, default=default, metavar="S",
+                                         help="4: FAN's heatmaps (a quarter of the input); 2: fine heads, heatmaps at half the "
+                                              "input (weights without them start the heads at their own heatmaps); default: the model's")
         elif f.name == "init":
             action = parser.add_argument(flag, default=None, metavar="CKPT",
                                          help=helps.get(f.name, "start from this checkpoint's or zoo model's weights (same width; any "

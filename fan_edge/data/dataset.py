@@ -36,6 +36,7 @@ class FaceFolder:
         require_points: bool = True,
         with_heatmaps: bool = True,
         teacher_size: int | None = None,
+        heatmap_size: int | None = None,
     ) -> None:
         self.items, self._points = read_folder(root, require_points)  # bad files fail here; each .pts is parsed once
         self.input_size = input_size
@@ -45,6 +46,8 @@ class FaceFolder:
         self.seed = seed
         self.epoch = 0
         self.with_heatmaps = with_heatmaps
+        # The target grid: FAN's quarter of the input unless the model says otherwise (a fine head's half).
+        self.heatmap_size = heatmap_size or input_size // 4
         # A distillation teacher at another resolution gets its own view (see __getitem__).
         self.teacher_size = teacher_size if teacher_size != input_size else None
         self._photometric = Photometric(augment) if augment is not None else None
@@ -121,8 +124,8 @@ class FaceFolder:
         sample["crop_points"] = crop_points.astype(np.float64)
         if self.with_heatmaps:
             sample["heatmaps"] = (
-                gaussian_heatmaps(crop_points, self.input_size, self.sigma)
+                gaussian_heatmaps(crop_points, self.input_size, self.sigma, self.heatmap_size)
                 if points is not None
-                else np.zeros((k, self.input_size // 4, self.input_size // 4), np.float32)
+                else np.zeros((k, self.heatmap_size, self.heatmap_size), np.float32)
             )
         return sample

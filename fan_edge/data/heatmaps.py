@@ -7,15 +7,16 @@ import numpy as np
 from ..runtime.decode import crop_to_heatmap
 
 
-def gaussian_heatmaps(points_crop: np.ndarray, input_size: int, sigma: float = 1.0) -> np.ndarray:
-    """(K, H, H) float32 targets for (K, 2) crop-pixel points; H = input_size / 4.
+def gaussian_heatmaps(points_crop: np.ndarray, input_size: int, sigma: float = 1.0,
+                      heatmap_size: int | None = None) -> np.ndarray:
+    """(K, H, H) float32 targets for (K, 2) crop-pixel points; H = ``heatmap_size``, by default input_size / 4.
 
     ``sigma`` is in heatmap cells. The Gaussian is centred at the point's
     exact sub-cell position (not a rounded cell), so the decoder's quarter
     step and any finer refinement see an unbiased peak. Points outside the
     crop give an all-zero map.
     """
-    size = input_size // 4
+    size = heatmap_size or input_size // 4
     cells = crop_to_heatmap(points_crop, input_size / size)
     grid = np.arange(size, dtype=np.float32)
     dx = grid[None, :] - cells[:, 0:1].astype(np.float32)

@@ -53,7 +53,7 @@ CONFIG_METADATA_KEY = "fan_edge_config"
 # zero-stride views with huge shapes) is refused before a network of that size is allocated.
 MAX_CARD_BYTES = 1 << 20
 # A state-dict key of one stack's module ("m0.", "top_m_1.", "l3."...): group 1 the module, group 2 the stack.
-STACK_KEY = re.compile(r"^(m|top_m_|conv_last|bn_end|l|bl|al)(\d+)\.")
+STACK_KEY = re.compile(r"^(m|top_m_|conv_last|bn_end|l|bl|al|fine)(\d+)\.")
 
 
 @dataclass
@@ -355,7 +355,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], input_size: int = 256) -> 
     except (ValueError, KeyError, IndexError):
         raise CheckpointError("weights do not look like a FAN (no m0/conv_last0/l0 keys)") from None
     try:
-        config = FANConfig(stacks=stacks, width=width, input_size=input_size, num_landmarks=landmarks, hourglass_depth=depth)
+        config = FANConfig(stacks=stacks, width=width, input_size=input_size, num_landmarks=landmarks, hourglass_depth=depth,
+                           head_stride=2 if "fine0.out.weight" in state_dict else 4)
     except ConfigError as exc:
         raise CheckpointError(f"weights are not a supported FAN: {exc}") from None
     check_fits(config, state_dict)

@@ -23,6 +23,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def fine_head_parameters(stem_channels: int, features: int, landmarks: int) -> int:
+    """Trainable parameters of one fine head (:class:`~fan_edge.models.fine_head.FineHead`) (BatchNorm's affine pair, not its statistics)."""
+    c0, f, k = stem_channels, features, landmarks
+    return c0 * f + f + 9 * f + 2 * f + f * f + f + f * k + k
+
+
+def fine_head_macs(stem_channels: int, features: int, landmarks: int, size: int) -> int:
+    """Convolution MACs of one fine head (:class:`~fan_edge.models.fine_head.FineHead`) on a ``size`` x ``size`` grid."""
+    c0, f, k = stem_channels, features, landmarks
+    return (c0 * f + 9 * f + f * f + f * k) * size * size
+
+
 def config_parameters(config: FANConfig) -> int:
     """Trainable parameters of ``FAN(config)`` (weights, biases, BatchNorm affines; not the running statistics)."""
     layout = config.layout
@@ -37,6 +49,8 @@ def config_parameters(config: FANConfig) -> int:
         total += w * f + f + 2 * f + f * k + k  # conv_last, bn_end, l
         if i < config.stacks - 1:
             total += f * w + w + k * w + w  # bl, al
+        if config.fine:
+            total += fine_head_parameters(layout.stem_conv, f, k)
     return total
 
 
@@ -77,6 +91,8 @@ def config_macs(config: FANConfig, input_size: int | None = None, exit_stack: in
         total += (w * f + f * k) * r * r  # conv_last, l
         if i < stacks - 1:
             total += (f * w + k * w) * r * r  # bl, al
+    if config.fine and stacks:  # eval mode runs only the exit stack's fine head, on conv1's grid
+        total += fine_head_macs(layout.stem_conv, layout.conv_last[stacks - 1], k, (size - 1) // 2 + 1)
     return total
 
 

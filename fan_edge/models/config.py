@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..limits import MAX_HOURGLASS_DEPTH, MAX_INPUT_SIZE, MAX_LANDMARKS, MAX_PARAMETERS, MAX_STACKS, MAX_WIDTH, check_int
 from .channels import ChannelLayout, channels_of_stacks, normalise_channels, resolve_layout
+from .complexity import fine_head_parameters
 
 RELEASED_WIDTH = 256
 RELEASED_STEM = (64, 128, 128, 256)
@@ -41,6 +42,8 @@ class FANConfig:
     # Per-layer output channels where they differ from the uniform layout (structured pruning), as
     # (conv name, count) pairs; a dict is accepted. None: every layer as ``width`` says. See models/channels.py.
     channels: tuple[tuple[str, int], ...] | None = None
+    # 4: heatmaps at a quarter of the input (FAN's). 2: a fine head per stack puts them at half (models/fine_head.py).
+    head_stride: int = 4
 
     def __post_init__(self) -> None:
         # Every size is bounded (fan_edge.limits) before anything else looks at it: a config from a file's metadata
@@ -57,6 +60,10 @@ class FANConfig:
                 f"input_size must be a multiple of {4 * 2**self.hourglass_depth} "
                 f"(hourglass depth {self.hourglass_depth}), got {self.input_size}"
             )
+        if self.head_stride not in (2, 4) or isinstance(self.head_stride, bool):
+            raise ConfigError(f"head_stride must be 4 (FAN's heatmaps) or 2 (a fine head), got {self.head_stride!r}")
+        if self.head_stride == 2 and self.channels is not None:
+            raise ConfigError("a fine head (head_stride 2) on a channel-pruned layout is not supported")
         object.__setattr__(self, "channels", normalise_channels(self.channels))
         values = self.num_values  # resolves the layout: ConfigError on an inconsistent channels map
         if values > MAX_PARAMETERS:
@@ -96,7 +103,14 @@ class FANConfig:
             total += w * f + f + bn(f) + f * k + k
             if i < self.stacks - 1:
                 total += f * w + w + k * w + w
+            if self.fine:  # fine head: its trainable parameters plus BatchNorm's statistics and counter
+                total += fine_head_parameters(layout.stem_conv, f, k) + 2 * f + 1
         return total
+
+    @property
+    def fine(self) -> bool:
+        """Whether each stack ends in a fine head (models/fine_head.py)."""
+        return self.head_stride == 2
 
     @property
     def pruned(self) -> bool:
@@ -104,8 +118,8 @@ class FANConfig:
 
     @property
     def heatmap_size(self) -> int:
-        """Heatmaps come out at a quarter of the input resolution."""
-        return self.input_size // 4
+        """Heatmaps come out at a quarter of the input resolution, or half with a fine head."""
+        return self.input_size // self.head_stride
 
     @property
     def stem_channels(self) -> tuple[int, int, int, int]:
@@ -125,6 +139,8 @@ class FANConfig:
         channels = data.pop("channels")
         if channels is not None:
             data["channels"] = dict(channels)
+        if data["head_stride"] == 4:  # FAN's: absent, so that files older fan-edge versions read are unchanged
+            del data["head_stride"]
         return data
 
     def to_json(self) -> str:

@@ -48,6 +48,7 @@ def create_model(
     trust: bool = False,
     stacks: int | None = None,
     input_size: int | None = None,
+    head_stride: int | None = None,
 ) -> FAN:
     """Build a FAN from a registry name, a config, a checkpoint file or a weights record.
 
@@ -58,7 +59,9 @@ def create_model(
     an untrained network with its crop and refinement). ``stacks`` below the
     checkpoint's count truncates it: every stack is supervised, so this is an
     early exit. ``input_size`` overrides the resolution (the weights are
-    resolution-free).
+    resolution-free). ``head_stride=2`` adds fine heads (models/fine_head.py);
+    weights without them start the heads as built, so the network begins at
+    the weights' own heatmaps, upsampled.
 
     The network comes back with the record of its weights as
     ``model.weights`` (crop, refinement, card): the file's own, whatever the
@@ -67,6 +70,7 @@ def create_model(
     """
     from .checkpoints import infer_config, load_weights, read_checkpoint
     from .fan import FAN
+    from .fine_head import with_fresh_fine_heads
 
     checkpoint = None
     record: Weights | None = None  # None: an untrained network's (FAN's released crop and refinement)
@@ -104,10 +108,15 @@ def create_model(
         changes["stacks"] = stacks
     if input_size is not None:
         changes["input_size"] = input_size
+    if head_stride is not None and head_stride != config.head_stride:
+        if config.fine:
+            raise ConfigError("a fine-head checkpoint cannot be turned back into FAN's quarter-resolution heads")
+        changes["head_stride"] = head_stride
     if changes:
         config = config.replace(**changes)
     model = FAN(config, record)
     if checkpoint is not None:
-        load_weights(model, checkpoint.state_dict)
+        state = with_fresh_fine_heads(checkpoint.state_dict, model) if config.fine else checkpoint.state_dict
+        load_weights(model, state)
     model.eval()
     return model

@@ -10,6 +10,7 @@ from torch import nn
 
 from .blocks import ConvBlock, HourGlass
 from .config import FANConfig
+from .fine_head import FineHead
 from .pretrained import UNTRAINED, Weights
 
 
@@ -58,6 +59,8 @@ class FAN(nn.Module):
             if i < cfg.stacks - 1:
                 self.add_module(f"bl{i}", nn.Conv2d(f, w, kernel_size=1))
                 self.add_module(f"al{i}", nn.Conv2d(k, w, kernel_size=1))
+            if cfg.fine:
+                self.add_module(f"fine{i}", FineHead(layout.stem_conv, f, k))
         self.exit_stack = cfg.stacks
 
     @property
@@ -77,20 +80,32 @@ class FAN(nn.Module):
         return self
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.avg_pool2d(self.conv2(x), 2, stride=2)
-        return self.conv4(self.conv3(x))
+        return self.stem_levels(x)[1]
 
-    def forward_stacks(self, x: torch.Tensor, stacks: int | None = None) -> list[torch.Tensor]:
-        """Heatmaps of the first ``stacks`` stacks (all by default), each (N, K, H/4, W/4)."""
+    def stem_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stem's half-resolution features (conv1's, what a fine head joins) and its output."""
+        half = F.relu(self.bn1(self.conv1(x)))
+        x = F.avg_pool2d(self.conv2(half), 2, stride=2)
+        return half, self.conv4(self.conv3(x))
+
+    def forward_stacks(self, x: torch.Tensor, stacks: int | None = None, every: bool = True) -> list[torch.Tensor]:
+        """Heatmaps of the first ``stacks`` stacks (all by default), each (N, K, H/s, W/s) with s the config's head_stride.
+
+        With a fine head (stride 2), ``every=False`` runs only the last of these stacks' fine head: the earlier
+        stacks' fine heatmaps are not needed at inference (their links take the coarse ones), and are then the
+        coarse heatmaps in the returned list.
+        """
         n = self.config.stacks if stacks is None else stacks
-        previous = self.stem(x)
+        half, previous = self.stem_levels(x)
         outputs: list[torch.Tensor] = []
         for i in range(n):
             features = self._modules[f"top_m_{i}"](self._modules[f"m{i}"](previous))
             features = F.relu(self._modules[f"bn_end{i}"](self._modules[f"conv_last{i}"](features)))
             heatmaps = self._modules[f"l{i}"](features)
-            outputs.append(heatmaps)
+            if self.config.fine and (every or i == n - 1):
+                outputs.append(self._modules[f"fine{i}"](features, heatmaps, half))
+            else:
+                outputs.append(heatmaps)
             if i < n - 1:
                 previous = previous + self._modules[f"bl{i}"](features) + self._modules[f"al{i}"](heatmaps)
         return outputs
@@ -98,4 +113,4 @@ class FAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.training:
             return self.forward_stacks(x)
-        return self.forward_stacks(x, self.exit_stack)[-1]
+        return self.forward_stacks(x, self.exit_stack, every=False)[-1]

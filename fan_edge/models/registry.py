@@ -31,7 +31,7 @@ WEIGHTS_PACKAGE = "fan_edge.models.weights"
 # A card larger than this is not a model card (one holds a recipe, figures, a pruning map: tens of kB).
 MAX_CARD_BYTES = 1 << 20
 # A registry architecture name, fan{stacks}[-w{width}][-i{input}] (fan4, fan2-w128, fan1-w64-i128).
-ARCHITECTURE_NAME = re.compile(r"^fan(?P<stacks>\d)(?:-w(?P<width>\d+))?(?:-i(?P<input>\d+))?$")
+ARCHITECTURE_NAME = re.compile(r"^fan(?P<stacks>\d)(?:-w(?P<width>\d+))?(?:-i(?P<input>\d+))?(?:-s(?P<stride>[24]))?$")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ModelEntry:
 
 
 def config_from_name(name: str) -> FANConfig:
-    """Parse ``fan{stacks}[-w{width}][-i{input}]`` into a config."""
+    """Parse ``fan{stacks}[-w{width}][-i{input}][-s{2|4}]`` into a config (``-s2``: fine heads, models/fine_head.py)."""
     match = ARCHITECTURE_NAME.fullmatch(name)
     if not match:
         raise ConfigError(f"unknown model name {name!r}; expected e.g. fan4, fan2-w128, fan1-w64-i128, or one of: {', '.join(list_models())}")
@@ -89,6 +89,7 @@ def config_from_name(name: str) -> FANConfig:
         stacks=int(match["stacks"]),
         width=int(match["width"] or 256),
         input_size=int(match["input"] or 256),
+        head_stride=int(match["stride"] or 4),
     )
 
 
@@ -103,6 +104,7 @@ _VARIANTS = [
     ("fan1-w128-i128", "1 stack, width 128, 128x128 input"),
     ("fan2-w64-i128", "2 stacks, width 64, 128x128 input"),
     ("fan1-w64-i128", "1 stack, width 64, 128x128 input"),
+    ("fan2-w64-i128-s2", "2 stacks, width 64, 128x128 input, fine heads: 64x64 heatmaps"),
     ("fan1-w32-i128", "1 stack, width 32, 128x128 input: the smallest"),
 ]
 

@@ -142,7 +142,8 @@ def build_datasets(spec: TrainSpec, model: FAN, require_points: bool, teacher_si
     parts, sources = [], []
     for d, w in zip(spec.data, weights):
         part = FaceFolder(d, model.config.input_size, model.weights.crop, augment, spec.sigma, spec.seed,
-                          require_points=require_points, teacher_size=teacher_size)
+                          require_points=require_points, teacher_size=teacher_size,
+                          heatmap_size=model.config.heatmap_size)
         info = label_filter(part, Path(d), spec.max_label_disagreement)
         info.weight = w
         parts.append(part)

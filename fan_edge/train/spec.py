@@ -43,6 +43,7 @@ class TrainSpec:
     color: float = 0.8
     occlusion: float = 0.3
     input_size: int | None = None
+    head_stride: int | None = None  # 2: fine heads, heatmaps at half the input (models/fine_head.py); None: the model's
     reference_scale: float | None = None
     center_shift: float | None = None
     refine: str | None = None

@@ -17,6 +17,7 @@ from ..errors import CheckpointError
 from ..models.checkpoints import STACK_KEY, load_weights, read_checkpoint
 from ..models.factory import trained_weights_file
 from ..models.fan import FAN
+from ..models.fine_head import with_fresh_fine_heads
 
 
 def _stack_count(state_dict: dict[str, torch.Tensor]) -> int:
@@ -54,5 +55,8 @@ def grow_stacks(state_dict: dict[str, torch.Tensor], stacks: int) -> dict[str, t
 def warm_start(model: FAN, path: str, trust: bool = False) -> FAN:
     """Load ``path``'s weights (a checkpoint or a zoo name) into ``model`` (same width), growing or truncating the stacks to fit."""
     checkpoint = read_checkpoint(trained_weights_file(path), trust=trust)
-    load_weights(model, grow_stacks(checkpoint.state_dict, model.config.stacks))
+    state = grow_stacks(checkpoint.state_dict, model.config.stacks)
+    if model.config.fine:  # coarse weights start a fine-head network at their own heatmaps (models/fine_head.py)
+        state = with_fresh_fine_heads(state, model)
+    load_weights(model, state)
     return model
