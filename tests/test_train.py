@@ -217,6 +217,26 @@ def test_teacher_heatmaps_land_on_a_smaller_students_grid():
     assert np.abs(decoded[0] - points64).max() < 0.35  # px of the 64-px crop (a quarter of a 4-px cell is 1 px)
 
 
+def test_teacher_heatmaps_land_on_a_fine_students_grid():
+    """A coarse teacher's heatmaps (32x32 at 128 px), resampled for a fine-head student (64x64), decode to its points."""
+    from fan_edge.data.heatmaps import gaussian_heatmaps
+    from fan_edge.runtime.decode import decode_heatmaps
+    from fan_edge.train.trainer import teacher_heatmaps
+
+    points = np.random.default_rng(1).uniform(16, 112, (68, 2))
+
+    class Oracle(torch.nn.Module):
+        config = create_model("fan1-w32-i128", weights=False).config
+
+        def forward(self, x):
+            return torch.from_numpy(gaussian_heatmaps(points, 128, sigma=1.0))[None]
+
+    soft = teacher_heatmaps(Oracle(), torch.zeros(1, 3, 128, 128), 64).numpy()
+    assert soft.shape == (1, 68, 64, 64)
+    decoded, _ = decode_heatmaps(soft, 128, "gaussian")
+    assert np.abs(decoded[0] - points).max() < 0.5  # crop px, with 2-px cells
+
+
 def test_distill_refuses_a_teacher_with_another_crop(faces: Path, tmp_path: Path):
     teacher = save_checkpoint(create_model("fan1-w32-i128", weights=False), tmp_path / "t.safetensors")
     spec = TrainSpec(model="fan1-w32-i64", teacher=str(teacher), data=[str(faces)], out=str(tmp_path / "run"),

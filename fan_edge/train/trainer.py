@@ -461,14 +461,17 @@ def teacher_heatmaps(teacher: FAN, images: torch.Tensor, size: int) -> torch.Ten
     resampled to it here (bilinear with pixel centres kept,
     ``align_corners=False``). Its heatmaps are area-resampled to the student's
     grid, which for a 2x ratio puts each student cell exactly at the mean of
-    the two teacher cells it covers.
+    the two teacher cells it covers; onto a finer grid (a fine-head student)
+    they are resampled bilinearly, pixel centres kept.
     """
     s = teacher.config.input_size
     if images.shape[-1] != s:
         images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False)
     heatmaps = teacher(images)
-    if heatmaps.shape[-1] != size:
+    if heatmaps.shape[-1] > size:
         heatmaps = F.interpolate(heatmaps, size=(size, size), mode="area")
+    elif heatmaps.shape[-1] < size:  # a fine-head student of a coarse teacher: area would repeat cells in blocks
+        heatmaps = F.interpolate(heatmaps, size=(size, size), mode="bilinear", align_corners=False)
     return heatmaps
 
 
