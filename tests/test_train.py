@@ -165,6 +165,17 @@ def test_a_last_ckpt_the_trainer_saved_resumes(synthetic_faces: Path, tmp_path: 
     assert (out / "final.safetensors").is_file() and (out / "best.safetensors").is_file()
 
 
+def test_warm_start_gives_an_untrained_network_the_weights_crop_and_refinement(tmp_path: Path):
+    from fan_edge.models import Weights
+    from fan_edge.runtime.crop import CropSpec
+    from fan_edge.train.warm_start import warm_start
+
+    trained_as = Weights(crop=CropSpec(reference_scale=280.0, center_shift=0.0), refine="gaussian")
+    path = save_checkpoint(create_model("fan2-w32-i128", weights=trained_as), tmp_path / "w.safetensors")
+    student = warm_start(create_model("fan2-w32-i64-s2", weights=False), str(path))  # another size, fine heads
+    assert (student.weights.crop, student.weights.refine) == (trained_as.crop, "gaussian")
+
+
 def test_warm_start_grows_stacks_from_the_last_one(tmp_path: Path):
     from fan_edge.train.warm_start import grow_stacks, warm_start
 
