@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -20,8 +22,10 @@ def adaptive_wing(
     """
     delta = (target - pred).abs()
     power = alpha - target
-    a = omega * (1.0 / (1.0 + (theta / epsilon) ** power)) * power * ((theta / epsilon) ** (power - 1.0)) / epsilon
-    c = theta * a - omega * torch.log1p((theta / epsilon) ** power)
+    with torch.no_grad():  # a and c depend on the target alone: no graph, and (theta/eps)**power as one exp
+        ratio = torch.exp(power * math.log(theta / epsilon))  # (theta / epsilon) ** power
+        a = omega * (1.0 / (1.0 + ratio)) * power * (ratio * (epsilon / theta)) / epsilon
+        c = theta * a - omega * torch.log1p(ratio)
     loss = torch.where(delta < theta, omega * torch.log1p((delta / epsilon) ** power), a * delta - c)
     return loss.flatten(1).mean(dim=1)
 
