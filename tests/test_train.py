@@ -298,3 +298,21 @@ def test_a_larger_teacher_gets_its_own_view_of_the_same_crop(faces: Path):
     np.testing.assert_array_equal(occluded["teacher_image"], plain["teacher_image"])
     assert not np.array_equal(occluded["image"], plain["image"])
     assert "teacher_image" not in FaceFolder(faces, 64, CropSpec(), augment, teacher_size=64)[5]
+
+
+def test_adaptive_wing_is_the_papers_formula_and_continuous_at_theta():
+    """Wang et al. (ICCV 2019), eq. 3 as printed, against the implementation; zero at a perfect prediction."""
+    from fan_edge.train.losses import adaptive_wing
+
+    omega, theta, eps, alpha = 14.0, 0.5, 1.0, 2.1
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    pred = target + torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64) * 0.6
+    d, p = (target - pred).abs(), alpha - target
+    a = omega * (1 / (1 + (theta / eps) ** p)) * p * (theta / eps) ** (p - 1) / eps
+    c = theta * a - omega * torch.log(1 + (theta / eps) ** p)
+    expected = torch.where(d < theta, omega * torch.log(1 + (d / eps) ** p), a * d - c).flatten(1).mean(1)
+    torch.testing.assert_close(adaptive_wing(pred, target), expected)
+    assert adaptive_wing(target, target).abs().max() < 1e-12
+    below, above = (adaptive_wing(target + s, target) for s in (theta - 1e-9, theta + 1e-9))
+    torch.testing.assert_close(below, above, atol=1e-6, rtol=0)
