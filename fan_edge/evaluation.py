@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +30,7 @@ from .data.dataset import FaceFolder
 from .data.metrics import LandmarkScores, score
 from .errors import DataError
 from .limits import check_batch
+from .progress import progress_bar
 from .runtime.decode import crop_points_to_image, decode_heatmaps
 
 if TYPE_CHECKING:
@@ -88,18 +88,6 @@ def _check_landmarks(dataset: FaceFolder, data_dir: str | os.PathLike[str], coun
                         "score it on faces annotated with its own landmarks")
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    """A tqdm bar on stderr, as fan-train's: none unless ``enabled``, with FAN_EDGE_NO_PROGRESS=1, when stderr is
-    not a terminal (tqdm's ``disable=None``), or without tqdm (a runtime-only install)."""
-    if not enabled or os.environ.get("FAN_EDGE_NO_PROGRESS") == "1":
-        return None
-    try:
-        from tqdm import tqdm
-    except ModuleNotFoundError:
-        return None
-    return tqdm(total=total, desc=desc, unit="face", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
-
-
 def _batches(dataset: FaceFolder, batch_size: int):
     import torch
 
@@ -124,7 +112,7 @@ def predict_dataset(
     was_training = model.training
     model.eval()
     preds, gts = [], []
-    bar = _progress(len(dataset), progress, "eval")
+    bar = progress_bar(len(dataset), "eval", "face", enabled=progress)
     try:
         with torch.no_grad():
             for batch in _batches(dataset, batch_size):
@@ -132,12 +120,10 @@ def predict_dataset(
                 crop_pts, _ = decode_heatmaps(heatmaps, dataset.input_size, refine or model.weights.refine)
                 preds.append(crop_points_to_image(crop_pts, batch["matrix"].numpy()))
                 gts.append(batch["points"].numpy())
-                if bar is not None:
-                    bar.update(len(heatmaps))
+                bar.update(len(heatmaps))
     finally:
         model.train(was_training)
-        if bar is not None:
-            bar.close()
+        bar.close()
     return np.concatenate(preds), np.concatenate(gts)
 
 
@@ -172,17 +158,15 @@ def evaluate_session(
     folders = face_folders(dataset, data_dir)
     _warn_training(folders, data_dir, log)
     preds, gts = [], []
-    bar = _progress(len(dataset), progress, "eval")
+    bar = progress_bar(len(dataset), "eval", "face", enabled=progress)
     try:
         for batch in _numpy_batches(dataset, batch_size):
             crop_pts = session.run_crops(batch["image"]).points
             preds.append(crop_points_to_image(crop_pts, batch["matrix"]))
             gts.append(batch["points"])
-            if bar is not None:
-                bar.update(len(crop_pts))
+            bar.update(len(crop_pts))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     pred, gt = np.concatenate(preds), np.concatenate(gts)
     return Evaluation(score(pred, gt), pred, gt, [item.image.name for item in dataset.items], folders,
                       backend=session.backend.name, device=session.device)

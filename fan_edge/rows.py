@@ -10,11 +10,19 @@ tables show its value. Files written before this vocabulary was one say
 ``ok`` (the exporter's pass) or ``exported but failed accuracy`` (fan-bench's
 accuracy failure); :class:`Status` reads them as :attr:`Status.PASSED` and
 :attr:`Status.FAILED_ACCURACY`.
+
+The status is shared; the rows are not. An export result records what was
+written (a format, its files, the parity report, the contract), a bench row
+what was measured (a runtime's latency, memory and accuracy): their
+``target`` names different things (``onnx`` against ``onnxruntime``), and a
+result's parity report and contract belong to layers above this one, which
+the timing process must not import. They meet in the sidecar's
+``verification.status``, which fan-bench reads back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -86,17 +94,17 @@ EXTRA_KEYS = (
 )
 
 
-@dataclass(eq=False)
-class BenchRow(MutableMapping):
+@dataclass
+class BenchRow:
     """One fan-bench row: a runtime x precision x device of one model (or one artifact as it is), measured.
 
     The fields are fan-bench's columns (:data:`ROW_KEYS`) and how the row was
     measured (:data:`EXTRA_KEYS`); ``more`` holds what a producer adds beyond
-    them (the timing process's host, load time, mean latency...). The row is
-    also a mapping of those keys (``row["status"]``, ``row.get("nme_io")``,
-    ``dict(row)``), the shape of its JSON object, so that code and files that
-    read rows as JSON objects keep working; :meth:`to_dict` is that object,
-    :meth:`from_dict` reads one back.
+    them (the timing process's host, load time, mean latency...). Code reads
+    and writes the fields as attributes, so that a misspelt column is an
+    error rather than a silent new key; files and processes exchange the row
+    as its JSON object, :meth:`to_dict` writes it and :meth:`from_dict` reads
+    it back.
     """
 
     model: str | None = None
@@ -133,8 +141,6 @@ class BenchRow(MutableMapping):
             value = Status(value)  # a Status, its value, or a legacy spelling; anything else is a ValueError
         object.__setattr__(self, name, value)
 
-    # ---- the JSON object ----------------------------------------------------------------------------
-
     def to_dict(self) -> dict[str, Any]:
         """The row as plain JSON values: :data:`ROW_KEYS`, :data:`EXTRA_KEYS`, then ``more``."""
         out: dict[str, Any] = {k: getattr(self, k) for k in ROW_KEYS + EXTRA_KEYS}
@@ -143,44 +149,19 @@ class BenchRow(MutableMapping):
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BenchRow:
-        """A row from its JSON object (unknown keys go to ``more``; a missing status is :attr:`Status.PASSED`)."""
+    def from_dict(cls, data: BenchRow | Mapping[str, Any]) -> BenchRow:
+        """A row from its JSON object (unknown keys go to ``more``; a missing status is :attr:`Status.PASSED`);
+        a row is returned as it is, so that readers take either."""
         if isinstance(data, BenchRow):
             return data
-        row = cls()
-        row.update(data)
-        return row
+        known = {k: v for k, v in data.items() if k in _FIELDS}
+        return cls(**known, more={k: v for k, v in data.items() if k not in _FIELDS})
 
     def fail(self, reason: str, status: Status = Status.FAILED) -> BenchRow:
         """Mark the row ``status`` with its one-line ``reason``; returns the row."""
         self.status = status
         self.error = reason
         return self
-
-    # ---- the mapping view ---------------------------------------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        if key in _FIELDS:
-            return getattr(self, key)
-        return self.more[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key in _FIELDS:
-            setattr(self, key, value)
-        else:
-            self.more[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        if key in _FIELDS:
-            raise KeyError(f"{key!r} is a column of every row; set it to None instead")
-        del self.more[key]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from ROW_KEYS + EXTRA_KEYS
-        yield from (k for k in self.more if k not in _FIELDS)
-
-    def __len__(self) -> int:
-        return len(ROW_KEYS) + len(EXTRA_KEYS) + sum(k not in _FIELDS for k in self.more)
 
 
 _FIELDS = frozenset(f.name for f in fields(BenchRow) if f.name != "more")

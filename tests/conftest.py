@@ -120,10 +120,10 @@ def exported(tmp_path_factory, tiny_checkpoint, synthetic_faces):
     """
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
-    from fan_edge.export import export_model
+    from fan_edge.export import Int8Recipe, export_model
 
     out = tmp_path_factory.mktemp("exports")
-    common = dict(calib=synthetic_faces, calib_faces=6, verify=synthetic_faces, verify_faces=4)
+    common = dict(int8=Int8Recipe(calib=synthetic_faces, calib_faces=6), verify=synthetic_faces, verify_faces=4)
     results = export_model(str(tiny_checkpoint), "onnx,openvino", "fp32,fp16,int8", output=out / "heatmaps", **common)
     results += export_model(str(tiny_checkpoint), "onnx,openvino", "fp32,int8", outputs="landmarks", output=out / "landmarks", **common)
     return {(r.target, r.precision, r.outputs): r for r in results}

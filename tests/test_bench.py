@@ -68,14 +68,14 @@ def test_cli_rejects_a_bad_target_in_one_line(capsys):
 def test_time_artifact_row(exported):
     path = exported[("onnx", "fp32", "heatmaps")].path
     row = time_artifact(path, threads=1, runs=5, warmup=2)
-    assert set(ROW_KEYS) <= set(row)
-    assert row["target"] == "onnxruntime" and row["precision"] == "fp32" and row["status"] == "passed"
-    assert 0 < row["latency_ms_p50"] <= row["latency_ms_p90"] and row["fps"] == pytest.approx(
-        1000 / row["latency_ms_p50"], rel=0.01
+    assert set(ROW_KEYS) <= set(row.to_dict())
+    assert row.target == "onnxruntime" and row.precision == "fp32" and row.status == "passed"
+    assert 0 < row.latency_ms_p50 <= row.latency_ms_p90 and row.fps == pytest.approx(
+        1000 / row.latency_ms_p50, rel=0.01
     )
-    assert row["runs"] == 5 and row["threads"] == 1 and row["size_mb"] > 0
-    assert row["peak_rss_mb"] >= row["base_rss_mb"] > 0
-    assert row["nme_io"] is None and row["speedup"] is None
+    assert row.runs == 5 and row.threads == 1 and row.size_mb > 0
+    assert row.peak_rss_mb >= row.base_rss_mb > 0
+    assert row.nme_io is None and row.speedup is None
 
 
 def test_runtime_bench_module_is_torch_free_and_reports_failures_as_rows(exported, tmp_path):
@@ -123,8 +123,8 @@ def test_run_bench_rows_cache_and_isolation(tiny_checkpoint, synthetic_faces, tm
 
     monkeypatch.setattr(ov_export, "export_openvino", broken)
     rows = run_bench(options, log=messages.append)
-    by = {(r["target"], r["precision"]): r for r in rows}
-    assert [(r["target"], r["precision"], r["device"]) for r in rows] == [
+    by = {(r.target, r.precision): r for r in rows}
+    assert [(r.target, r.precision, r.device) for r in rows] == [
         ("torch", "fp32", "cpu"),
         ("onnxruntime", "fp32", "cpu"),
         ("onnxruntime", "int8", "cpu"),
@@ -132,16 +132,16 @@ def test_run_bench_rows_cache_and_isolation(tiny_checkpoint, synthetic_faces, tm
         ("litert", "int8", "npu"),
     ]
     torch_row, ort = by[("torch", "fp32")], by[("onnxruntime", "fp32")]
-    assert torch_row["status"] == "passed" and torch_row["speedup"] == 1.0 and torch_row["faces"] == 4
+    assert torch_row.status == "passed" and torch_row.speedup == 1.0 and torch_row.faces == 4
     # fp32 ONNX scores the same faces as PyTorch to within the fp32 tolerance, and has its speed-up against it.
-    assert ort["status"] == "passed" and abs(ort["nme_io"] - torch_row["nme_io"]) <= 0.01
-    assert ort["speedup"] == pytest.approx(torch_row["latency_ms_p50"] / ort["latency_ms_p50"], rel=1e-2)
-    assert by[("onnxruntime", "int8")]["status"] in (Status.PASSED, Status.FAILED_ACCURACY)
-    assert by[("onnxruntime", "int8")]["latency_ms_p50"] > 0
+    assert ort.status == "passed" and abs(ort.nme_io - torch_row.nme_io) <= 0.01
+    assert ort.speedup == pytest.approx(torch_row.latency_ms_p50 / ort.latency_ms_p50, rel=1e-2)
+    assert by[("onnxruntime", "int8")].status in (Status.PASSED, Status.FAILED_ACCURACY)
+    assert by[("onnxruntime", "int8")].latency_ms_p50 > 0
     # The crashing exporter fails its own row only, with a one-line reason.
     ov = by[("openvino", "fp32")]
-    assert ov["status"] == "failed" and ov["error"] == "export: RuntimeError: simulated converter crash"
-    assert by[("litert", "int8")]["status"] == "device absent"
+    assert ov.status == "failed" and ov.error == "export: RuntimeError: simulated converter crash"
+    assert by[("litert", "int8")].status == "device absent"
     assert (out / "fan-bench-cache.json").is_file()
 
     # A second run reuses the cached artifacts instead of exporting again.
@@ -151,19 +151,19 @@ def test_run_bench_rows_cache_and_isolation(tiny_checkpoint, synthetic_faces, tm
         BenchOptions(**{**options.__dict__, "targets": parse_targets("onnxruntime:fp32"), "data": None}), log=messages.append
     )
     assert any("reusing" in m for m in messages) and not any(m.startswith("exporting") for m in messages)
-    assert again[0]["status"] == "passed" and again[0]["nme_io"] is None and again[0]["speedup"] is None
+    assert again[0].status == "passed" and again[0].nme_io is None and again[0].speedup is None
 
 
 def test_artifacts_bench_as_they_are(exported, tmp_path):
     result = exported[("onnx", "int8", "heatmaps")]
     rows = run_bench(BenchOptions(models=[], artifacts=[str(result.path), str(tmp_path / "missing.xml")], **FAST))
-    assert rows[0]["target"] == "onnxruntime" and rows[0]["precision"] == "int8" and rows[0]["latency_ms_p50"] > 0
+    assert rows[0].target == "onnxruntime" and rows[0].precision == "int8" and rows[0].latency_ms_p50 > 0
     # Without data, the exporter's verdict in the sidecar decides (a random network's int8 fails the real tolerance).
-    assert rows[0]["status"] is result.status
+    assert rows[0].status is result.status
     if result.status is Status.FAILED_ACCURACY:
-        assert rows[0]["error"].startswith("export parity: ΔNME io ") and "pp > 0.15 pp on 4 faces" in rows[0]["error"]
-    assert rows[0]["model"] == "tiny" and rows[0]["speedup"] is None  # a checkpoint, not a registry model: no baseline
-    assert rows[1]["status"] == "failed" and "no such file" in rows[1]["error"]
+        assert rows[0].error.startswith("export parity: ΔNME io ") and "pp > 0.15 pp on 4 faces" in rows[0].error
+    assert rows[0].model == "tiny" and rows[0].speedup is None  # a checkpoint, not a registry model: no baseline
+    assert rows[1].status == "failed" and "no such file" in rows[1].error
 
 
 def test_run_bench_checks_its_options(tmp_path):
@@ -177,20 +177,9 @@ def test_run_bench_checks_its_options(tmp_path):
 
 
 def _row(target, precision, status, p50, nme, **kw):
-    row = {k: None for k in ROW_KEYS}
-    row.update(
-        model="m",
-        target=target,
-        precision=precision,
-        device="cpu",
-        status=status,
-        latency_ms_p50=p50,
-        latency_ms_p90=p50,
-        nme_io=nme,
-        size_mb=1.0,
-    )
-    row.update(kw)
-    return row
+    values = dict(model="m", target=target, precision=precision, device="cpu", status=status, latency_ms_p50=p50,
+                  latency_ms_p90=p50, nme_io=nme, size_mb=1.0)
+    return BenchRow(**{**values, **kw})
 
 
 def test_pareto_front():
@@ -217,6 +206,9 @@ def test_reports_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(BenchError, match="nothing to plot"):
         plot_pareto(rows[2:], tmp_path / "empty.png")
+    # The reports read a row's JSON object as the row (fan-profile's rows, a row read back from a file).
+    as_json = [r.to_dict() for r in rows]
+    assert format_table(as_json) == format_table(rows) and to_csv(as_json) == to_csv(rows)
 
 
 def test_status_reads_both_former_vocabularies():
@@ -229,20 +221,23 @@ def test_status_reads_both_former_vocabularies():
     assert [s.usable for s in Status] == [True, False, True, False, False]
 
 
-def test_bench_row_is_a_dataclass_and_its_json_object():
+def test_bench_row_is_a_dataclass_with_one_json_object():
     row = BenchRow(model="m", target="onnxruntime", precision="int8", device="cpu", latency_ms_p50=2.0, more={"host": "h"})
-    assert row.status is Status.PASSED and row["latency_ms_p50"] == row.latency_ms_p50 == 2.0 and row["host"] == "h"
-    row["status"] = "exported but failed accuracy"  # a legacy spelling, read as the one status
+    assert row.status is Status.PASSED and row.latency_ms_p50 == 2.0 and row.more["host"] == "h"
+    row.status = "exported but failed accuracy"  # a legacy spelling, read as the one status
     assert row.status is Status.FAILED_ACCURACY
     data = row.to_dict()
     assert list(data) == [*ROW_KEYS, *EXTRA_KEYS, "host"] and data["status"] == "failed accuracy" and type(data["status"]) is str
     again = BenchRow.from_dict(json.loads(json.dumps(data)))
-    assert again == row == data and again.more == {"host": "h"}
+    assert again == row and again.to_dict() == data and again.more == {"host": "h"}
+    assert BenchRow.from_dict(row) is row
     assert row.fail("no gpu", Status.DEVICE_ABSENT) is row and (row.status, row.error) == (Status.DEVICE_ABSENT, "no gpu")
     with pytest.raises(ValueError):
         BenchRow(status="fine")
-    with pytest.raises(KeyError):
-        del row["model"]
+    with pytest.raises(TypeError):  # attributes, not a mapping: a misspelt column is an error
+        row["model"]
+    with pytest.raises(TypeError):
+        BenchRow(nme=4.0)
 
 
 def test_cli_writes_json_csv_and_plot(exported, tmp_path, capsys):
@@ -284,7 +279,7 @@ def test_bench_on_afw_faces(data_dir, exported, tiny_checkpoint, tmp_path):
         **FAST,
     )
     torch_row, ort_row = run_bench(options)
-    assert torch_row["faces"] == ort_row["faces"] == 6
+    assert torch_row.faces == ort_row.faces == 6
     for key in ("nme_io", "nme_box", "auc7", "fr7"):
-        assert np.isfinite(torch_row[key]) and abs(ort_row[key] - torch_row[key]) <= 0.01, key
-    assert ort_row["status"] == "passed" and ort_row["speedup"] > 0
+        assert np.isfinite(getattr(torch_row, key)) and abs(getattr(ort_row, key) - getattr(torch_row, key)) <= 0.01, key
+    assert ort_row.status == "passed" and ort_row.speedup > 0

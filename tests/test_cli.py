@@ -224,10 +224,11 @@ def test_min_score_is_documented(capsys):
 
 
 def _row(model, target, precision, ms, nme, **kw):
-    row = {"model": model, "target": target, "precision": precision, "device": "cpu", "status": "passed",
-           "latency_ms_p50": ms, "nme_io": nme, "size_mb": 1.0}
-    row.update(kw)
-    return row
+    from fan_edge.rows import BenchRow
+
+    values = {"model": model, "target": target, "precision": precision, "device": "cpu", "status": "passed",
+              "latency_ms_p50": ms, "nme_io": nme, "size_mb": 1.0}
+    return BenchRow(**{**values, **kw})
 
 
 def test_pareto_points_carry_model_names_and_the_legend_says_what_markers_mean():

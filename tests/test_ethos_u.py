@@ -16,7 +16,7 @@ pytest.importorskip("ai_edge_litert", reason="reading .tflite needs ai-edge-lite
 from ai_edge_litert.tools import flatbuffer_utils  # noqa: E402
 
 from fan_edge.errors import ExportError  # noqa: E402
-from fan_edge.export import export_model  # noqa: E402
+from fan_edge.export import Int8Recipe, export_model  # noqa: E402
 from fan_edge.export.ethos_u import (  # noqa: E402
     ETHOS_U_DEVICES,
     compile_ethos_u,
@@ -31,11 +31,12 @@ DEVICES = ("ethos-u55-128", "ethos-u65-256", "ethos-u85-256")
 def tiny_tflite(tmp_path_factory, tiny_checkpoint, synthetic_faces) -> dict[str, Path]:
     """The tiny FAN as int8 and fp32 heatmaps (one export call: the conversion is shared) and int8 landmarks."""
     out = tmp_path_factory.mktemp("ethos_u_models")
-    results = export_model(str(tiny_checkpoint), "tflite", "fp32,int8", output=out, calib=synthetic_faces, verify=False)
+    int8 = Int8Recipe(calib=synthetic_faces)
+    results = export_model(str(tiny_checkpoint), "tflite", "fp32,int8", output=out, int8=int8, verify=False)
     models = {r.precision: r.path for r in results}
     (landmarks,) = export_model(
         str(tiny_checkpoint), "tflite", "int8", outputs="landmarks", output=out / "tiny-int8-landmarks.tflite",
-        calib=synthetic_faces, verify=False,
+        int8=int8, verify=False,
     )  # fmt: skip
     models["int8-landmarks"] = landmarks.path
     return models

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fan_edge.evaluation import _progress, evaluate_model, evaluate_session, training_folders
+from fan_edge.evaluation import evaluate_model, evaluate_session, training_folders
 from fan_edge.cli import main
 from fan_edge.errors import DataError
 
@@ -102,24 +102,20 @@ def test_training_folders_by_name():
     assert training_folders(["afw"], "/data/300w") == []
 
 
-def test_progress_is_on_stderr_only_on_a_terminal(monkeypatch):
+def test_evaluation_draws_its_bar_on_a_terminal_only(monkeypatch, tiny_onnx, synthetic_faces):
+    """The faces' bar (fan_edge.progress): on a terminal when asked for, never in a pipe nor for a library call."""
+    from fan_edge.runtime import LandmarkSession
+
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
     monkeypatch.delenv("FAN_EDGE_NO_PROGRESS", raising=False)
-    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe or a file: no bar
-    bar = _progress(5, True, "eval")
-    assert bar is None or bar.disable
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    bar = _progress(5, True, "eval")
-    bar.update(5)
-    bar.close()
-    assert "eval" in terminal.getvalue()
-    assert _progress(5, False, "eval") is None  # library callers (training's validation) ask for none
-    monkeypatch.setenv("FAN_EDGE_NO_PROGRESS", "1")
-    assert _progress(5, True, "eval") is None
+    with LandmarkSession(tiny_onnx, threads=1) as session:
+        for stderr, asked, drawn in ((Terminal(), True, True), (Terminal(), False, False), (io.StringIO(), True, False)):
+            monkeypatch.setattr(sys, "stderr", stderr)
+            evaluate_session(session, synthetic_faces, progress=asked)
+            assert ("eval" in stderr.getvalue()) is drawn, (asked, stderr.getvalue())
 
 
 def test_eval_of_an_artifact_needs_no_torch(tiny_onnx, synthetic_faces):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fan_edge.errors import BenchError, ExportError
-from fan_edge.export import export_model
+from fan_edge.export import Int8Recipe, export_model
 from fan_edge.export.parity import TOLERANCES
 from fan_edge.rows import Status
 from fan_edge.runtime import LandmarkSession
@@ -30,8 +30,8 @@ ETHOS = "ethos-u55-128"
 def bench_verdict(row) -> Status:
     """The status a bench row must have: FAILED_ACCURACY when its ΔNME io against PyTorch is beyond its precision's
     tolerance (a random network's int8 landmarks legitimately move), else PASSED."""
-    assert isinstance(row["delta_nme_io"], float), row
-    return Status.PASSED if abs(row["delta_nme_io"]) <= TOLERANCES[row["precision"]] else Status.FAILED_ACCURACY
+    assert isinstance(row.delta_nme_io, float), row
+    return Status.PASSED if abs(row.delta_nme_io) <= TOLERANCES[row.precision] else Status.FAILED_ACCURACY
 
 
 def needs_ethos_u() -> None:
@@ -71,7 +71,7 @@ def ethos(tmp_path_factory, tiny_checkpoint, synthetic_faces):
     needs_ethos_u()
     folder = tmp_path_factory.mktemp("ethos_u_export")
     (result,) = export_model(
-        str(tiny_checkpoint), "tflite", "int8", device=ETHOS, calib=synthetic_faces, verify=synthetic_faces,
+        str(tiny_checkpoint), "tflite", "int8", device=ETHOS, int8=Int8Recipe(calib=synthetic_faces), verify=synthetic_faces,
         output=folder,
     )  # fmt: skip
     return folder, result
@@ -131,7 +131,7 @@ def qnn_export(tmp_path_factory, tiny_checkpoint, synthetic_faces):
     faces = _synthetic_faces(tmp_path_factory.mktemp("ten_faces"), count=10)  # more than the NPU check's default 8
     folder = tmp_path_factory.mktemp("qnn_export")
     (result,) = export_model(
-        str(tiny_checkpoint), "onnx", "int8", device="npu", calib=synthetic_faces, verify=faces,
+        str(tiny_checkpoint), "onnx", "int8", device="npu", int8=Int8Recipe(calib=synthetic_faces), verify=faces,
         output=str(folder) + "/",
     )  # fmt: skip
     return folder, result
@@ -180,7 +180,7 @@ def test_the_epcontext_model_runs_through_the_runtime(qnn_export, synthetic_face
 
 def test_qnn_export_for_another_soc(qnn_export, tiny_checkpoint, synthetic_faces, tmp_path):
     (result,) = export_model(
-        str(tiny_checkpoint), "onnx", "int8", device="npu", soc="sm8550", calib=synthetic_faces, calib_faces=4,
+        str(tiny_checkpoint), "onnx", "int8", device="npu", soc="sm8550", int8=Int8Recipe(calib=synthetic_faces, calib_faces=4),
         verify=False, output=str(tmp_path) + "/",
     )  # fmt: skip
     assert result.path.name.endswith("-sm8550-int8.onnx")
@@ -209,9 +209,9 @@ def test_qnn_export_for_another_soc(qnn_export, tiny_checkpoint, synthetic_faces
         ("onnx", "int8", dict(device="npu", soc="SM1234"), "unknown Snapdragon SoC 'SM1234'"),
         ("onnx", "int8", dict(device="npu", batch=2), "--device npu needs a static batch of 1"),
         ("tflite", "int8", dict(device=ETHOS, batch=2), f"--device {ETHOS} needs a static batch of 1"),
-        ("onnx", "int8", dict(int8_activations=12), "int8 activations are 8 or 16 bits, got 12"),
-        ("tflite", "int8", dict(int8_activations=16), "16-bit activations (W8A16) are an ONNX int8 option"),
-        ("onnx", "fp16", dict(int8_activations=16), "16-bit activations (W8A16) are an ONNX int8 option"),
+        ("onnx", "int8", dict(activation_bits=12), "int8 activations are 8 or 16 bits, got 12"),
+        ("tflite", "int8", dict(activation_bits=16), "16-bit activations (W8A16) are an ONNX int8 option"),
+        ("onnx", "fp16", dict(activation_bits=16), "16-bit activations (W8A16) are an ONNX int8 option"),
     ],
 )
 def test_device_refusals_are_one_line_and_leave_nothing(
@@ -223,10 +223,11 @@ def test_device_refusals_are_one_line_and_leave_nothing(
         pytest.importorskip("onnxruntime")
     folder = tmp_path / "out"
     folder.mkdir()
-    with pytest.raises(ExportError) as info:
-        export_model(
-            str(tiny_checkpoint), target, precision, calib=synthetic_faces, verify=False, output=str(folder) + "/", **kwargs
-        )
+    kwargs = dict(kwargs)
+    bits = kwargs.pop("activation_bits", None)
+    with pytest.raises(ExportError) as info:  # a bad recipe is refused where it is built, a misplaced one by export_model
+        int8 = Int8Recipe(calib=synthetic_faces, activation_bits=bits)
+        export_model(str(tiny_checkpoint), target, precision, int8=int8, verify=False, output=str(folder) + "/", **kwargs)
     assert expected in _one_line(info)
     assert list(folder.iterdir()) == []
 
@@ -237,8 +238,8 @@ def test_a_graph_vela_cannot_place_whole_is_refused_and_nothing_is_committed(tin
     needs_ethos_u()
     with pytest.raises(ExportError) as info:
         export_model(
-            str(tiny_checkpoint), "tflite", "int8", outputs="landmarks", device=ETHOS, calib=synthetic_faces,
-            calib_faces=4, verify=False, output=tmp_path,
+            str(tiny_checkpoint), "tflite", "int8", outputs="landmarks", device=ETHOS,
+            int8=Int8Recipe(calib=synthetic_faces, calib_faces=4), verify=False, output=tmp_path,
         )  # fmt: skip
     message = _one_line(info)
     assert f"ops stay off the {ETHOS} NPU" in message and "DEQUANTIZE" in message
@@ -318,20 +319,20 @@ def bench(tmp_path_factory, tiny_checkpoint, synthetic_faces):
         calib_faces=4, runs=2, warmup=1, threads=1, out=out / "artifacts", npu_faces=3,
     )  # fmt: skip
     rows = run_bench(options)  # the real tolerances: a random network's int8 rows may well fail them
-    return out, {r["device"]: r for r in rows}, rows, options
+    return out, {r.device: r for r in rows}, rows, options
 
 
 def test_bench_ethos_u_row(bench):
     _, by, _, _ = bench
     torch_row, row = by["cpu"], by[ETHOS]
-    assert torch_row["target"] == "torch" and torch_row["status"] == "passed" and torch_row["latency_source"] == "timed here"
-    assert row["target"] == "litert" and row["precision"] == "int8" and row["status"] is bench_verdict(row), row.get("error")
-    assert row["latency_source"].startswith("vela estimate (") and "MHz" in row["latency_source"]
-    assert row["latency_ms_p50"] > 0 and row["fps"] > 0 and row["speedup"] is None  # an estimate of another chip
-    assert row["accuracy_source"].startswith("the same int8 graph on this CPU")
-    assert row["faces"] == torch_row["faces"] and row["nme_io"] is not None
-    assert row["npu_offload"].startswith("100% of ops") and row["size_mb"] > 0
-    assert Path(row["path"]).is_file() and f"-{ETHOS}-" in Path(row["path"]).name
+    assert torch_row.target == "torch" and torch_row.status == "passed" and torch_row.latency_source == "timed here"
+    assert row.target == "litert" and row.precision == "int8" and row.status is bench_verdict(row), row.error
+    assert row.latency_source.startswith("vela estimate (") and "MHz" in row.latency_source
+    assert row.latency_ms_p50 > 0 and row.fps > 0 and row.speedup is None  # an estimate of another chip
+    assert row.accuracy_source.startswith("the same int8 graph on this CPU")
+    assert row.faces == torch_row.faces and row.nme_io is not None
+    assert row.npu_offload.startswith("100% of ops") and row.size_mb > 0
+    assert Path(row.path).is_file() and f"-{ETHOS}-" in Path(row.path).name
 
 
 def test_bench_qnn_row(bench):
@@ -339,14 +340,14 @@ def test_bench_qnn_row(bench):
     if "npu" not in by:
         pytest.skip("onnxruntime-qnn is not available")
     row = by["npu"]
-    assert row["target"] == "onnxruntime" and row["precision"] == "int8" and row["status"] is bench_verdict(row), row.get("error")
-    assert row["latency_ms_p50"] is None and row["latency_ms_p90"] is None and row["fps"] is None and row["speedup"] is None
-    assert "not measurable" in row["latency_source"]
-    assert row["faces"] == 3 and isinstance(row["delta_nme_io"], float)
-    assert "emulator" in row["accuracy_source"] and "SM8650" in row["accuracy_source"]
-    nodes, total = row["npu_offload"].split()[0].split("/")
+    assert row.target == "onnxruntime" and row.precision == "int8" and row.status is bench_verdict(row), row.error
+    assert row.latency_ms_p50 is None and row.latency_ms_p90 is None and row.fps is None and row.speedup is None
+    assert "not measurable" in row.latency_source
+    assert row.faces == 3 and isinstance(row.delta_nme_io, float)
+    assert "emulator" in row.accuracy_source and "SM8650" in row.accuracy_source
+    nodes, total = row.npu_offload.split()[0].split("/")
     assert nodes == total and int(total) > 0
-    assert Path(row["path"]).is_file() and "-sm8650-" in Path(row["path"]).name
+    assert Path(row.path).is_file() and "-sm8650-" in Path(row.path).name
 
 
 def test_bench_table_and_pareto_plot_with_npu_rows(bench):
@@ -357,7 +358,7 @@ def test_bench_table_and_pareto_plot_with_npu_rows(bench):
     table = format_table(rows)
     assert "vela estimate" in table
     notes = [ln for ln in table.splitlines() if ln.startswith("tiny ") and "accuracy from" in ln]
-    npu_rows = [r for r in rows if r["device"] != "cpu"]
+    npu_rows = [r for r in rows if r.device != "cpu"]
     assert len(notes) == len(npu_rows)
     (ethos_note,) = [n for n in notes if f"@{ETHOS}:" in n]
     assert "latency: vela estimate (" in ethos_note and "100% of ops" in ethos_note
@@ -387,22 +388,22 @@ def test_bench_npu_rows_without_data_reuse_their_exports_and_keep_the_sidecars_v
     npu_targets = [t for t in options.targets if t.npu_export is not None]
     checked = {}  # device -> faces of its export's parity check
     for row in by.values():
-        if row["device"] != "cpu":
-            side = sidecar_path(copy / Path(row["path"]).name)
+        if row.device != "cpu":
+            side = sidecar_path(copy / Path(row.path).name)
             data = json.loads(side.read_text())
             assert Status(data["verification"]["status"]) in (Status.PASSED, Status.FAILED_ACCURACY)  # it was checked
             data["verification"].update(status="failed accuracy", delta_nme=0.5, tolerance=0.15)
             side.write_text(json.dumps(data))
-            checked[row["device"]] = data["verification"]["faces"]
+            checked[row.device] = data["verification"]["faces"]
     messages: list[str] = []
     rows = run_bench(dataclasses.replace(options, targets=npu_targets, data=None, out=copy), log=messages.append)
     assert any("reusing" in m for m in messages) and not any(m.startswith("exporting") for m in messages)
-    assert [r["device"] for r in rows] == [t.device for t in npu_targets]
+    assert [r.device for r in rows] == [t.device for t in npu_targets]
     for row in rows:
-        assert row["status"] is Status.FAILED_ACCURACY, row
-        assert row["error"] == "export parity: ΔNME io +0.500 pp > 0.15 pp on %d faces" % checked[row["device"]]
-        assert row["nme_io"] is None and row["latency_source"] == by[row["device"]]["latency_source"]
-    assert {r["device"]: r["latency_ms_p50"] for r in rows}[ETHOS] == by[ETHOS]["latency_ms_p50"]
+        assert row.status is Status.FAILED_ACCURACY, row
+        assert row.error == "export parity: ΔNME io +0.500 pp > 0.15 pp on %d faces" % checked[row.device]
+        assert row.nme_io is None and row.latency_source == by[row.device].latency_source
+    assert {r.device: r.latency_ms_p50 for r in rows}[ETHOS] == by[ETHOS].latency_ms_p50
 
 
 def test_w8a16_onnx_keeps_int8_weights_with_16_bit_activations(tiny_checkpoint, synthetic_faces, tmp_path):
@@ -410,8 +411,8 @@ def test_w8a16_onnx_keeps_int8_weights_with_16_bit_activations(tiny_checkpoint, 
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto
 
-    (r,) = export_model(str(tiny_checkpoint), "onnx", "int8", calib=synthetic_faces, verify=False,
-                        output=tmp_path / "w8a16.onnx", int8_activations=16)
+    (r,) = export_model(str(tiny_checkpoint), "onnx", "int8", int8=Int8Recipe(calib=synthetic_faces, activation_bits=16),
+                        verify=False, output=tmp_path / "w8a16.onnx")
     graph = onnx.load(str(r.path)).graph
     inits = {t.name: t.data_type for t in graph.initializer}
     zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]

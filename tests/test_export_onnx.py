@@ -14,7 +14,7 @@ pytest.importorskip("onnxruntime")
 
 from fan_edge.cli import export_main  # noqa: E402
 from fan_edge.errors import DataError, ExportError  # noqa: E402
-from fan_edge.export import export_model  # noqa: E402
+from fan_edge.export import Int8Recipe, export_model  # noqa: E402
 from fan_edge.export import parity as parity_module  # noqa: E402
 from fan_edge.export.landmarks import LandmarkHead  # noqa: E402
 from fan_edge.runtime.contract import METADATA_KEY, ModelContract, sidecar_path  # noqa: E402
@@ -179,7 +179,7 @@ def test_user_errors_are_one_line(tiny_checkpoint, synthetic_faces, tmp_path, ca
     assert export_main(["--target", "onnx", "--precision", "fp8", *base]) == 2
     assert export_main(["--target", "onnx", *base[:2], "--no-verify", "--output", str(tmp_path / "m.xml")]) == 2
     with pytest.raises(DataError):
-        export_model(str(tiny_checkpoint), "onnx", "int8", calib=empty, verify=False, output=tmp_path / "y.onnx")
+        export_model(str(tiny_checkpoint), "onnx", "int8", int8=Int8Recipe(calib=empty), verify=False, output=tmp_path / "y.onnx")
     with pytest.raises(DataError, match="not a folder"):
         export_model(str(tiny_checkpoint), "onnx", "fp32", verify=tmp_path / "missing", output=tmp_path / "y.onnx")
     with pytest.raises(ExportError, match="unknown precision"):

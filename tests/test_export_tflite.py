@@ -16,7 +16,7 @@ from ai_edge_litert.tools import flatbuffer_utils  # noqa: E402
 
 from fan_edge.cli import export_main  # noqa: E402
 from fan_edge.errors import BackendError, ExportError  # noqa: E402
-from fan_edge.export import export_model  # noqa: E402
+from fan_edge.export import Int8Recipe, export_model  # noqa: E402
 from fan_edge.export import tflite_export  # noqa: E402
 from fan_edge.runtime.contract import METADATA_KEY, ModelContract, sidecar_path  # noqa: E402
 from fan_edge.runtime.decode import decode_heatmaps  # noqa: E402
@@ -43,7 +43,7 @@ def tflite_exported(tmp_path_factory, tiny_checkpoint, synthetic_faces):
     """fp32/fp16/int8 heatmaps and fp32/int8 landmarks of the tiny model, checked under the real tolerances (random
     weights: its int8 landmarks may fail them)."""
     out = tmp_path_factory.mktemp("tflite")
-    common = dict(calib=synthetic_faces, calib_faces=6, verify=synthetic_faces, verify_faces=4)
+    common = dict(int8=Int8Recipe(calib=synthetic_faces, calib_faces=6), verify=synthetic_faces, verify_faces=4)
     results = export_model(str(tiny_checkpoint), "tflite", "fp32,fp16,int8", output=out / "heatmaps", **common)
     results += export_model(str(tiny_checkpoint), "tflite", "fp32,int8", outputs="landmarks", output=out / "landmarks", **common)
     return {(r.precision, r.outputs): r for r in results}

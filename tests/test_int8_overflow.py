@@ -172,11 +172,11 @@ def test_default_int8_gives_the_same_landmarks_without_vnni(data_dir, tmp_path):
     """The shipped model's ONNX int8, on real faces: the same landmarks on an AVX2 CPU without VNNI (emulated) as
     here. Before 7-bit weights this CPU class moved them by pixels (+1.9 NME points on AFW)."""
     from fan_edge.calibration import FaceCrops
-    from fan_edge.export import export_model
+    from fan_edge.export import Int8Recipe, export_model
     from fan_edge.models import create_model
 
     (result,) = export_model("default", "onnx", "int8", output=tmp_path / "default-int8.onnx",
-                             calib=data_dir / "helen_train", calib_faces=32, verify=False)
+                             int8=Int8Recipe(calib=data_dir / "helen_train", calib_faces=32), verify=False)
     assert u8s8_overflow(result.path) == []
     model = create_model("default")
     faces = FaceCrops(data_dir / "afw", model.config.input_size, model.weights.crop, count=6, seed=1).load()

@@ -81,10 +81,14 @@ def test_onnx_runtimes_form_of_the_recipe():
     assert (vnni.activation_type, vnni.reduce_range, vnni.check_overflow, vnni.per_channel) == ("QUInt8", False, False, False)
 
 
-def test_options_and_a_whole_recipe_do_not_mix(tiny_checkpoint, synthetic_faces, tmp_path):
-    with pytest.raises(ExportError, match="either as int8=Int8Recipe"):
-        export_model(str(tiny_checkpoint), "onnx", "int8", int8=Int8Recipe(calib=str(synthetic_faces)),
-                     calib_faces=4, verify=False, output=tmp_path / "x.onnx")
+def test_the_recipe_is_the_only_way_to_give_int8_options(tiny_checkpoint, synthetic_faces, tmp_path):
+    """No loose calib/calib_faces/int8_float/int8_activations keywords beside ``int8``: one typed seam."""
+    for loose in (dict(calib=synthetic_faces), dict(calib_faces=4), dict(int8_float=["conv1"]), dict(int8_activations=16)):
+        with pytest.raises(TypeError):
+            export_model(str(tiny_checkpoint), "onnx", "int8", verify=False, output=tmp_path / "x.onnx", **loose)
+    with pytest.raises(ExportError, match="int8 must be an Int8Recipe, got dict"):
+        export_model(str(tiny_checkpoint), "onnx", "int8", int8={"calib": str(synthetic_faces)}, verify=False,
+                     output=tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -31,10 +31,11 @@ if not qnn.qnn_available():
 @pytest.fixture(scope="module")
 def qdq(tmp_path_factory, tiny_checkpoint, synthetic_faces):
     """The tiny FAN as int8 QDQ ONNX with a static batch of 1 (what the HTP compiles)."""
-    from fan_edge.export import export_model
+    from fan_edge.export import Int8Recipe, export_model
 
     out = tmp_path_factory.mktemp("qnn") / "tiny-int8.onnx"
-    (result,) = export_model(str(tiny_checkpoint), "onnx", "int8", output=out, calib=synthetic_faces, verify=False, batch=1)
+    (result,) = export_model(str(tiny_checkpoint), "onnx", "int8", output=out, int8=Int8Recipe(calib=synthetic_faces), verify=False,
+                             batch=1)
     return result.path
 
 

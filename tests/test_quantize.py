@@ -11,7 +11,7 @@ import torch
 
 from fan_edge.calibration import FaceCrops, calibration_faces
 from fan_edge.cli import quantize_main
-from fan_edge.export.int8 import FLOAT_LAYERS, float_layers, is_float_conv_weight, tflite_scope
+from fan_edge.export.int8 import FLOAT_LAYERS, Int8Recipe, float_layers, is_float_conv_weight, tflite_scope
 from fan_edge.models import count_macs, create_model
 from fan_edge.quantize.fakequant import WEIGHT_LEVELS, FakeQuantFAN, fake_quant_activation, fake_quant_weight
 from fan_edge.quantize.sensitivity import measure_sensitivity
@@ -87,8 +87,8 @@ def test_simulation_reproduces_the_onnxruntime_artifact(tiny_checkpoint, synthet
         ref = model(torch.from_numpy(images)).numpy()
 
     def compare(keep_float: list[str], simulated: list[str], name: str) -> tuple[float, float, float]:
-        (r,) = export_model(str(tiny_checkpoint), "onnx", "int8", calib=synthetic_faces, calib_faces=5, verify=False,
-                            output=tmp_path / f"{name}.onnx", int8_float=keep_float)
+        recipe = Int8Recipe(calib=synthetic_faces, calib_faces=5, keep_float=tuple(keep_float))
+        (r,) = export_model(str(tiny_checkpoint), "onnx", "int8", int8=recipe, verify=False, output=tmp_path / f"{name}.onnx")
         with LandmarkSession(r.path, threads=1) as session:
             artifact = session.run_crops(images).heatmaps
         with torch.no_grad(), sim.quantized(simulated) as q:
@@ -227,7 +227,7 @@ def test_qat_exports_through_fan_export(qat_runs, synthetic_faces, tmp_path):
     bare.mkdir()
     for suffix in (".safetensors", ".json"):  # the same weights and card, no quantizers file
         (bare / f"final{suffix}").write_bytes((straight / f"final{suffix}").read_bytes())
-    common = dict(calib=synthetic_faces, calib_faces=3, verify=synthetic_faces, verify_faces=3)  # the real tolerances
+    common = dict(int8=Int8Recipe(calib=synthetic_faces, calib_faces=3), verify=synthetic_faces, verify_faces=3)  # the real tolerances
     results = export_model(str(ckpt), "onnx,openvino", "int8", output=tmp_path / "qat", **common)
     plain = export_model(str(bare / "final.safetensors"), "onnx,openvino", "int8", output=tmp_path / "plain", **common)
     from conftest import expected_status

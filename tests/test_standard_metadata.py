@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("litert_torch", reason="TFLite export needs the tflite extra: pip install -c constraints.txt -e '.[tflite]'")
 pytest.importorskip("ai_edge_litert", reason="the LiteRT backend needs ai-edge-litert (the tflite extra)")
 
-from fan_edge.export import export_model  # noqa: E402
+from fan_edge.export import Int8Recipe, export_model  # noqa: E402
 from fan_edge.export.descriptions import CONTRACT_FILE, LICENSE, numeric_version  # noqa: E402
 from fan_edge.export.third_party.tflite_metadata import schema as md  # noqa: E402
 from fan_edge.export.tflite_metadata import associated_files, read_model_metadata  # noqa: E402
@@ -28,7 +28,7 @@ from fan_edge.runtime.session import LandmarkSession, read_contract  # noqa: E40
 @pytest.fixture(scope="module")
 def tflite_pair(tmp_path_factory, tiny_checkpoint, synthetic_faces) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("tflite-md")
-    common = dict(calib=synthetic_faces, calib_faces=4, verify=False)  # metadata only: no parity check, no tolerance
+    common = dict(int8=Int8Recipe(calib=synthetic_faces, calib_faces=4), verify=False)  # metadata only: no parity check, no tolerance
     (heat,) = export_model(str(tiny_checkpoint), "tflite", "fp32", output=out / "heat.tflite", **common)
     (marks,) = export_model(str(tiny_checkpoint), "tflite", "int8", outputs="landmarks", output=out / "marks.tflite", **common)
     assert heat.status is marks.status is Status.NOT_VERIFIED and heat.parity is marks.parity is None

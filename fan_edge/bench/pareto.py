@@ -11,13 +11,13 @@ display needed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
 from ..errors import BenchError
-from ..rows import Status
+from ..rows import BenchRow, Status
 
 FRONT_COLOUR, OTHER_COLOUR = "tab:red", "tab:blue"
 # What the plot's markers and colours mean, as its legend says (the keys of the entries a plot can show).
@@ -59,35 +59,40 @@ def _unoverlap(fig: Any, labels: Sequence[Any], xy: Sequence[tuple[float, float]
         placed.append(box)
 
 
-def is_estimate(row: dict[str, Any]) -> bool:
+def is_estimate(row: BenchRow) -> bool:
     """Whether the row's latency is an estimate (an NPU compiler's), not a timing."""
-    return "estimate" in str(row.get("latency_source") or "")
+    return "estimate" in str(row.latency_source or "")
 
 
-def model_name(row: dict[str, Any]) -> str:
+def model_name(row: BenchRow) -> str:
     """The row's model as a point's label names it: a registry name as it is, a file by its name."""
-    model = str(row.get("model") or "?")
+    model = str(row.model or "?")
     return Path(model).name if "/" in model or "\\" in model else model
 
 
-def point_label(row: dict[str, Any]) -> str:
+def point_label(row: BenchRow) -> str:
     """A point's label: model and target, e.g. ``fan2-w64-i128-300w onnxruntime:int8`` (``@npu`` off the CPU)."""
-    text = f"{row['target']}:{row['precision']}" + ("" if row.get("device") in (None, "cpu") else f"@{row['device']}")
+    text = f"{row.target}:{row.precision}" + ("" if row.device in (None, "cpu") else f"@{row.device}")
     return f"{model_name(row)} {text}"
 
 
-def legend_keys(rows: Sequence[dict[str, Any]], front: Sequence[int]) -> list[str]:
+def legend_keys(rows: Sequence[BenchRow], front: Sequence[int]) -> list[str]:
     """The :data:`LEGEND` entries that the plotted ``rows`` (``front``: indices on the front) need, in order."""
     keys = ["front"] + (["behind"] if len(front) < len(rows) else [])
-    keys += ["torch"] if any(r.get("target") == "torch" for r in rows) else []
-    keys += ["artifact"] if any(r.get("target") != "torch" and not is_estimate(r) for r in rows) else []
+    keys += ["torch"] if any(r.target == "torch" for r in rows) else []
+    keys += ["artifact"] if any(r.target != "torch" and not is_estimate(r) for r in rows) else []
     keys += ["estimate"] if any(is_estimate(r) for r in rows) else []
-    keys += ["failed"] if any(r.get("status") == Status.FAILED_ACCURACY for r in rows) else []
+    keys += ["failed"] if any(r.status is Status.FAILED_ACCURACY for r in rows) else []
     return keys
 
 
-def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Write the PNG; rows without a latency (failed, device absent) are left out."""
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plot_pareto(rows: Sequence[BenchRow | Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Write the PNG; rows without a latency (failed, device absent) are left out. A row may be a
+    :class:`~fan_edge.rows.BenchRow` or its JSON object (read back from fan-bench's file)."""
     try:
         import matplotlib
     except ImportError:
@@ -96,23 +101,25 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path, title: str | N
     import matplotlib.pyplot as plt
     from matplotlib import ticker
 
-    use_nme = any(isinstance(r.get("nme_io"), (int, float)) for r in rows)
-    y_key, y_label = ("nme_io", "NME inter-ocular (%)") if use_nme else ("size_mb", "artifact size (MB)")
-    shown = [r for r in rows if isinstance(r.get("latency_ms_p50"), (int, float)) and isinstance(r.get(y_key), (int, float))]
+    rows = [BenchRow.from_dict(r) for r in rows]
+    use_nme = any(_number(r.nme_io) for r in rows)
+    y_label = "NME inter-ocular (%)" if use_nme else "artifact size (MB)"
+    y_of = (lambda r: r.nme_io) if use_nme else (lambda r: r.size_mb)
+    shown = [r for r in rows if _number(r.latency_ms_p50) and _number(y_of(r))]
     if not shown:
         raise BenchError("nothing to plot: no row has both a latency and " + ("an NME" if use_nme else "a size"))
-    xy = [(float(r["latency_ms_p50"]), float(r[y_key])) for r in shown]
+    xy = [(float(r.latency_ms_p50), float(y_of(r))) for r in shown]  # type: ignore[arg-type]
     # An estimated latency (Vela's, of another chip) is not a timing on this machine: shown, never on the front.
     measured = [i for i, r in enumerate(shown) if not is_estimate(r)]
     front = [measured[j] for j in pareto_front([xy[i] for i in measured])]
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    texts = [point_label(r) + (" (failed acc.)" if r.get("status") == Status.FAILED_ACCURACY else "")
+    texts = [point_label(r) + (" (failed acc.)" if r.status is Status.FAILED_ACCURACY else "")
              + (" (estimated)" if is_estimate(r) else "") for r in shown]
     labels = []
     for i, (r, (x, y)) in enumerate(zip(shown, xy)):
-        failed = r.get("status") == Status.FAILED_ACCURACY
-        torch_row = r.get("target") == "torch"
+        failed = r.status is Status.FAILED_ACCURACY
+        torch_row = r.target == "torch"
         ax.scatter(
             [x],
             [y],

@@ -19,7 +19,7 @@ from typing import Any
 from ..atomic import write_text_atomic
 from ..rows import EXTRA_KEYS, ROW_KEYS, BenchRow, Status
 
-Row = Mapping[str, Any]  # a BenchRow, or its JSON object
+Row = BenchRow | Mapping[str, Any]  # a BenchRow, or its JSON object (a fan-profile row, a row read from a file)
 
 
 def _num(digits: int, suffix: str = "") -> Callable[[Any], str]:
@@ -55,18 +55,18 @@ def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
     """One line per row, then the reason of each row that did not pass."""
     rows = _rows(rows)
     header = [title for _, title, _ in _COLUMNS]
-    cells = [[fmt(r.get(key)) for key, _, fmt in _COLUMNS] for r in rows]
+    cells = [[fmt(getattr(r, key)) for key, _, fmt in _COLUMNS] for r in rows]
     notes = [
-        f"{r['model']} {r.get('target') or '?'}:{r.get('precision') or '?'}@{r.get('device') or '?'}: {r['error']}"
+        f"{r.model} {r.target or '?'}:{r.precision or '?'}@{r.device or '?'}: {r.error}"
         for r in rows
         if r.error and r.status is not Status.PASSED
     ]
     notes += [  # an NPU row's figures (measured, whatever their verdict) come from an emulator or a compiler: say so
-        f"{r['model']} {r.get('target')}:{r.get('precision')}@{r.get('device')}: accuracy from "
-        f"{r.get('accuracy_source') or '-'}; latency: {r.get('latency_source') or '-'}; {r.get('npu_offload') or ''}".rstrip("; ")
+        f"{r.model} {r.target}:{r.precision}@{r.device}: accuracy from "
+        f"{r.accuracy_source or '-'}; latency: {r.latency_source or '-'}; {r.npu_offload or ''}".rstrip("; ")
         for r in rows
         if r.status in (Status.PASSED, Status.FAILED_ACCURACY)
-        and (r.get("accuracy_source") or r.get("latency_source") not in (None, "timed here"))
+        and (r.accuracy_source or r.latency_source not in (None, "timed here"))
     ]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if k in _LEFT else "---:" for k, _, _ in _COLUMNS) + "|"]

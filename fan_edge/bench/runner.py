@@ -80,10 +80,8 @@ class BenchOptions:
 # ---- rows ----------------------------------------------------------------------------------------
 
 
-def new_row(model: str, target: BenchTarget, **extra: Any) -> BenchRow:
-    row = BenchRow(model=model, target=target.runtime, precision=target.precision, device=target.device, status=Status.PASSED)
-    row.update(extra)
-    return row
+def new_row(model: str, target: BenchTarget, path: str | None = None) -> BenchRow:
+    return BenchRow(model=model, target=target.runtime, precision=target.precision, device=target.device, path=path)
 
 
 def _reason(exc: BaseException) -> str:
@@ -122,14 +120,30 @@ class Faces:
         return self._crops[key]
 
 
-def _figures(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Accuracy:
+    """A row's accuracy columns (percent), on the shared faces."""
+
+    nme_io: float
+    nme_box: float
+    auc7: float
+    fr7: float
+    faces: int
+
+    def apply(self, row: BenchRow) -> BenchRow:
+        """Fill ``row``'s accuracy columns; returns the row."""
+        row.nme_io, row.nme_box, row.auc7, row.fr7, row.faces = self.nme_io, self.nme_box, self.auc7, self.fr7, self.faces
+        return row
+
+
+def _figures(pred: np.ndarray, gt: np.ndarray) -> Accuracy:
     from ..data.metrics import score
 
     scores = score(pred, gt).as_percent()
-    return {k: round(float(scores[k]), 4) for k in ("nme_io", "nme_box", "auc7", "fr7")} | {"faces": int(scores["faces"])}
+    return Accuracy(*(round(float(scores[k]), 4) for k in ("nme_io", "nme_box", "auc7", "fr7")), faces=int(scores["faces"]))
 
 
-def artifact_accuracy(path: Path, backend: str, device: str, threads: int | None, faces: Faces) -> dict[str, Any]:
+def artifact_accuracy(path: Path, backend: str, device: str, threads: int | None, faces: Faces) -> Accuracy:
     """NME, AUC@7, FR@7 of an artifact through the runtime session, on the shared faces."""
     from ..runtime.decode import crop_points_to_image
     from ..runtime.session import LandmarkSession
@@ -143,7 +157,7 @@ def artifact_accuracy(path: Path, backend: str, device: str, threads: int | None
     return _figures(pred, data["points"])
 
 
-def torch_accuracy(net: Any, faces: Faces) -> dict[str, Any]:
+def torch_accuracy(net: Any, faces: Faces) -> Accuracy:
     """The same figures for PyTorch eager, through the project's evaluation, on the same faces."""
     from ..evaluation import predict_dataset
 
@@ -196,8 +210,9 @@ def _merge_timing(row: BenchRow, timing: BenchRow) -> BenchRow:
     if timing.status is not Status.PASSED:
         return row.fail(timing.error or "timing failed", timing.status)
     for key in _TIMING_KEYS:
-        if timing[key] is not None and (key != "size_mb" or row.size_mb is None):
-            row[key] = timing[key]
+        value = getattr(timing, key)
+        if value is not None and (key != "size_mb" or row.size_mb is None):
+            setattr(row, key, value)
     return row
 
 
@@ -397,7 +412,7 @@ def _artifact_row(
         row.size_mb = round(artifact_size_mb(path), 3)
         if faces is not None:
             log(f"{target.label} {path.name}: accuracy on {faces.folder.name}")
-            row.update(artifact_accuracy(path, target.runtime, target.device, options.threads, faces))
+            artifact_accuracy(path, target.runtime, target.device, options.threads, faces).apply(row)
         log(f"{target.label} {path.name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
         _merge_timing(row, timed_row(str(path), target, options))
         row.latency_source = "timed here"
@@ -427,15 +442,15 @@ def _npu_row(
             if faces is not None:
                 subset = Faces(faces.folder, options.npu_faces)
                 log(f"{target.label} {path.name}: accuracy on {options.npu_faces} faces of {faces.folder.name}, on the {soc} emulator")
-                row.update(artifact_accuracy(path, target.runtime, "npu", options.threads, subset))
+                artifact_accuracy(path, target.runtime, "npu", options.threads, subset).apply(row)
                 reference = torch_accuracy(net, subset)
-                row.delta_nme_io = round(row.nme_io - reference["nme_io"], 4)
-                row.accuracy_source = f"QNN HTP emulator on x86 ({soc}), {row.faces} faces; PyTorch on the same faces {reference['nme_io']:.3f}%"
+                row.delta_nme_io = round(row.nme_io - reference.nme_io, 4)  # type: ignore[operator]
+                row.accuracy_source = f"QNN HTP emulator on x86 ({soc}), {row.faces} faces; PyTorch on the same faces {reference.nme_io:.3f}%"
             row.npu_offload = f"{report.get('npu_nodes')}/{report.get('nodes')} nodes" if report else None
         else:
             if faces is not None:
                 log(f"{target.label} {path.name}: accuracy of its int8 graph on {faces.folder.name} (LiteRT, this CPU)")
-                row.update(artifact_accuracy(path, target.runtime, "cpu", options.threads, faces))
+                artifact_accuracy(path, target.runtime, "cpu", options.threads, faces).apply(row)
                 row.accuracy_source = "the same int8 graph on this CPU (LiteRT)"
             if not isinstance(report.get("estimated_ms"), (int, float)):
                 raise BenchError(f"{path.name}: its sidecar has no Vela report (export it with --device {target.device})")
@@ -462,7 +477,7 @@ def _torch_row(
                 return row.fail(f"no {target.device} device for PyTorch here", Status.DEVICE_ABSENT)
         if faces is not None:
             log(f"{target.label} {name}: accuracy on {faces.folder.name}")
-            row.update(torch_accuracy(net, faces))
+            torch_accuracy(net, faces).apply(row)
         log(f"{target.label} {name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
         _merge_timing(row, timed_row(model, target, options))
         row.latency_source = "timed here"

@@ -95,10 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(row.to_dict()))
     elif code == 0:
         print(
-            f"{row['model']} torch fp32: p50 {row['latency_ms_p50']:.2f} ms, p90 {row['latency_ms_p90']:.2f} ms, peak RSS {row['peak_rss_mb']:.0f} MB"
+            f"{row.model} torch fp32: p50 {row.latency_ms_p50:.2f} ms, p90 {row.latency_ms_p90:.2f} ms, peak RSS {row.peak_rss_mb:.0f} MB"
         )
     else:
-        print(f"{args.model}: {row['status']}: {row['error']}", file=sys.stderr)
+        print(f"{args.model}: {row.status}: {row.error}", file=sys.stderr)
     return code
 
 

@@ -61,7 +61,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             stderr(f"wrote {Path(write_json(args.json, rows, settings)).resolve()}")
         print(format_table(rows, markdown=args.markdown))
         print(f"\n{format_settings(settings)}")
-    return 1 if any(r["status"] == Status.FAILED for r in rows) else 0
+    return 1 if any(r.status is Status.FAILED for r in rows) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

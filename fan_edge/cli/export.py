@@ -29,24 +29,24 @@ def verify_folder(args: argparse.Namespace) -> str | Path | bool | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export.exporter import export_model, format_npu, format_table, results_json
+    from ..export.int8 import Int8Recipe
 
+    int8 = Int8Recipe.from_options(calib=args.calib, calib_faces=args.calib_faces, int8_float=args.int8_float,
+                                   int8_activations=args.int8_activations)
     results = export_model(
         args.model,
         args.target,
         args.precision,
         outputs=args.outputs,
         output=args.output,
-        calib=args.calib,
-        calib_faces=args.calib_faces,
+        int8=int8,
         input_size=args.input_size,
         verify=verify_folder(args),
         verify_faces=args.verify_faces,
         trust=args.trust,
         log=None if args.json else stderr,
-        int8_float=args.int8_float,
         device=args.device,
         soc=args.soc,
-        int8_activations=args.int8_activations,
     )
     if args.json:
         print(results_json(results))

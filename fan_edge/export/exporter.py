@@ -14,9 +14,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
-import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,11 +25,12 @@ from ..atomic import check_writable, output_lock
 from ..calibration import FaceCrops, calibration_faces
 from ..errors import ExportError
 from ..runtime.cache import cache_hint, in_cache
+from ..progress import on_terminal
 from ..rows import Status
 from ..runtime.contract import OUTPUT_KINDS, PRECISIONS, ModelContract, sidecar_path
 from .staging import Staging, check_replaceable
 from .devices import check_combination, resolve_device
-from .int8 import DEFAULT_CALIB_FACES, Int8Recipe
+from .int8 import Int8Recipe
 from .job import ExportJob
 from .metadata import build_contract
 from .parity import TOLERANCES, ParityReport, verify_artifact
@@ -261,39 +260,35 @@ def export_model(
     *,
     outputs: str = "heatmaps",
     output: str | Path | None = None,
-    calib: str | Path | None = None,
-    calib_faces: int = DEFAULT_CALIB_FACES,
+    int8: Int8Recipe | None = None,
     input_size: int | None = None,
     verify: str | Path | bool | None = None,
     verify_faces: int | None = None,
     trust: bool = False,
     tolerances: dict[str, float] | None = None,
     log=None,
-    int8_float: Sequence[str] | None = None,
     batch: int | None = None,
-    int8_activations: int | None = None,
     device: str | None = None,
     soc: str | None = None,
-    int8: Int8Recipe | None = None,
 ) -> list[ExportResult]:
     """Export ``model`` to every ``target`` x ``precision`` and check each against PyTorch.
 
     ``verify_faces``: faces of the parity check (None: 64, or 8 for an NPU checked on an emulator).
-    ``verify``: None picks the calibration folder (else an error asking for a
+    ``verify``: None picks the recipe's calibration folder (``int8.calib``; else an error asking for a
     folder or ``verify=False``; ``fan-export`` passes its own default, the
     checkout's AFW faces); a path names the folder; False skips the check. An artifact that fails the
     check is kept, its status (and its sidecar's ``verification``) says
     "failed accuracy"; callers decide the exit code (``fan-export`` exits 1).
 
-    int8: one :class:`~fan_edge.export.int8.Int8Recipe` for every target,
-    given whole as ``int8``, or built here from ``calib`` (calibration faces,
-    also the default ``verify`` folder), ``calib_faces``, ``int8_float``
-    (PyTorch module-name patterns replacing the layers each target's recipe
-    keeps float) and ``int8_activations`` (16: ONNX int8 with 16-bit
-    activations and int8 weights, W8A16, which Qualcomm's NPU runs natively,
-    for a model whose 8-bit activations fail the tolerance, docs/npu.md;
-    None: what the model card measured for the device,
-    ``export.int8_activations``, else 8). Each int8 artifact's contract
+    ``int8``: the one :class:`~fan_edge.export.int8.Int8Recipe` every target
+    follows (None: its defaults, which have no calibration faces), built and
+    checked by the caller, so that a bad option fails before anything loads
+    and the recipe a caller logs or caches is the one applied (``fan-export``
+    builds it from its flags with :meth:`Int8Recipe.from_options`). Its
+    calibration folder is also the default ``verify`` folder; its activation
+    bits None take what the model card measured for the device
+    (``export.int8_activations``, W8A16 for a model whose 8-bit activations
+    fail the tolerance, docs/npu.md), else 8. Each int8 artifact's contract
     records the recipe it followed (``extra["int8"]``). A checkpoint written
     by ``fan-quantize --qat`` is quantized like any other: every target's own
     calibrated recipe places the quantizers better than NNCF's trained ones
@@ -311,12 +306,9 @@ def export_model(
     for t, p in combos:
         _check_target(t, p)
     if int8 is None:
-        int8 = Int8Recipe.from_options(calib=calib, calib_faces=calib_faces, int8_float=int8_float,
-                                       int8_activations=int8_activations)
-    elif calib is not None or calib_faces != DEFAULT_CALIB_FACES or int8_float is not None or int8_activations is not None:
-        raise ExportError("give the int8 options either as int8=Int8Recipe(...) or as calib, calib_faces, int8_float "
-                          "and int8_activations, not both")
-    calib = int8.calib
+        int8 = Int8Recipe()
+    elif not isinstance(int8, Int8Recipe):
+        raise ExportError(f"int8 must be an Int8Recipe, got {type(int8).__name__}")
     npu = resolve_device(device, soc)
     if npu is not None:
         for t, p in combos:
@@ -334,7 +326,7 @@ def export_model(
     if not any(t.backend for t in targets):
         pass  # nothing here can run these artifacts (Core ML): their status says so, no faces needed
     elif verify is None or verify is True:
-        verify_dir = Path(calib) if calib is not None else None
+        verify_dir = Path(int8.calib) if int8.calib is not None else None
         if verify_dir is None:
             raise ExportError("no faces to verify the export on: pass --verify DIR (images with .pts), or --no-verify")
     elif verify is not False:
@@ -343,7 +335,9 @@ def export_model(
     for t, p in combos:
         int8.check(t.name, p, needs_calibration=t.int8_needs_calibration)
     _precheck_output(output, combos)  # before the model loads: a wrong path costs a second, not an export
-    early = say if _on_terminal() else (lambda msg: None)  # before the outputs are locked: a refusal stays one line
+    # The steps before the outputs are locked are announced where progress bars are drawn (fan_edge.progress): in a
+    # pipe or a log, a refusal there (a locked output, bad calibration faces) stays the one line it is.
+    early = say if on_terminal() else (lambda msg: None)
     early(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}")
     net, name, card = resolve_model(model, trust, input_size)
     paths = _outputs_for(output, combos, name + (npu.file_tag if npu is not None else ""), outputs)
@@ -358,13 +352,6 @@ def export_model(
                            npu=npu)
 
 
-def _on_terminal() -> bool:
-    """Whether the steps before the first "exporting" line are announced: on a terminal (as progress bars are),
-    unless FAN_EDGE_NO_PROGRESS=1. In a pipe or a log, a refusal there (a locked output, bad calibration faces)
-    stays the one line it is."""
-    return sys.stderr.isatty() and os.environ.get("FAN_EDGE_NO_PROGRESS") != "1"
-
-
 def _export_all(net: Any, name: str, card: dict[str, Any], combos: list[tuple[Target, str]], paths: list[Path], *,
                 outputs: str, int8: Int8Recipe, verify: Any, verify_dir: Path | None, verify_faces: int | None,
                 tolerances: dict[str, float] | None, say: Any, batch: int | None, npu: Any) -> list[ExportResult]:
@@ -374,7 +361,7 @@ def _export_all(net: Any, name: str, card: dict[str, Any], combos: list[tuple[Ta
     cfg = net.config
     calibration = None
     if int8.calib is not None and any(p == "int8" and t.int8_needs_calibration for t, p in combos):
-        if _on_terminal():  # before the first "exporting" line: see _on_terminal
+        if on_terminal():  # before the first "exporting" line: see export_model
             say(f"calibrating int8 on {int8.calib_faces} faces of {int8.calib}")
         calibration = calibration_faces(int8.calib, cfg.input_size, net.weights.crop, count=int8.calib_faces, seed=0)
     if verify_faces is None:  # 64, or fewer where the check runs on an emulator (seconds per face)

@@ -24,9 +24,10 @@ weight initializer is ``NAME.weight``; OpenVINO: the Convolution whose weight
 constant carries that name; TFLite: the op whose scope names the module path).
 
 The options of one export are one object, :class:`Int8Recipe` (as ONNX
-Runtime's are its ``StaticQuantConfig``): built and checked once by
-:func:`fan_edge.export.export_model` from its options (``fan-export
---calib/--calib-faces/--int8-float/--int8-activations``), made concrete for
+Runtime's are its ``StaticQuantConfig``): built and checked once by the
+caller (``fan-export`` from ``--calib/--calib-faces/--int8-float/--int8-activations``
+with :meth:`Int8Recipe.from_options`), given whole to
+:func:`fan_edge.export.export_model` as ``int8``, made concrete for
 each target (:meth:`Int8Recipe.for_target`), handed to that target's int8
 function in :attr:`fan_edge.export.job.ExportJob.int8`, and recorded in the
 artifact's contract (``extra["int8"]``, :meth:`Int8Recipe.record`).

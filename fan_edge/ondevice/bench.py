@@ -37,7 +37,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -202,11 +201,12 @@ def time_artifact(
     )
 
 
-def failed_row(path: str | Path, reason: str, status: Status = Status.FAILED, **known: Any) -> BenchRow:
-    """A row for an artifact that could not be timed: every key present, figures null, the reason in ``error``."""
-    row = BenchRow(path=str(path)).fail(reason, status)
-    row.update({k: v for k, v in known.items() if v is not None})
-    return row
+def failed_row(
+    path: str | Path, reason: str, status: Status = Status.FAILED, *, target: str | None = None,
+    precision: str | None = None, device: str | None = None,
+) -> BenchRow:
+    """A row for an artifact that could not be timed: what is known of it, figures null, the reason in ``error``."""
+    return BenchRow(target=target, precision=precision, device=device, path=str(path)).fail(reason, status)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,12 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _format(row: BenchRow) -> str:
-    if row.status != Status.PASSED:
-        return f"{row['path']}: {row['status']}: {row.get('error', '')}"
+    if row.status is not Status.PASSED:
+        return f"{row.path}: {row.status}: {row.error or ''}"
     return (
-        f"{row['model']} {row['target']} {row['precision']} {row['device']}: {row['size_mb']:.2f} MB, "
-        f"p50 {row['latency_ms_p50']:.2f} ms, p90 {row['latency_ms_p90']:.2f} ms, {row['fps']:.1f} FPS, "
-        f"peak RSS {row['peak_rss_mb']:.0f} MB ({row['runs']} runs after {row['warmup']}, threads {row['threads'] or 'default'})"
+        f"{row.model} {row.target} {row.precision} {row.device}: {row.size_mb:.2f} MB, "
+        f"p50 {row.latency_ms_p50:.2f} ms, p90 {row.latency_ms_p90:.2f} ms, {row.fps:.1f} FPS, "
+        f"peak RSS {row.peak_rss_mb:.0f} MB ({row.runs} runs after {row.warmup}, threads {row.threads or 'default'})"
     )
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..rows import BenchRow
 
 STEPS = ("float", "ptq", "qat", "pruned", "pruned+ptq", "pruned+qat")
 # step -> (the model key in ``models`` whose rows it takes, the precision of those rows)
@@ -65,14 +66,15 @@ def _macs(model: str) -> int | None:
         return None
 
 
-def compression_rows(rows: Iterable[Mapping[str, Any]], models: Mapping[str, str], macs: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+def compression_rows(rows: Iterable[BenchRow | Mapping[str, Any]], models: Mapping[str, str],
+                     macs: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """Report rows, in step order then target order; steps whose model is not given are left out.
 
     ``models``: {"float": ..., "qat": ..., "pruned": ..., "pruned+qat": ...}
     (any subset; "float" is needed for the ΔNME column). ``macs``: MACs by
     model, counted with :func:`fan_edge.models.count_macs` when absent.
     """
-    rows = [dict(r) for r in rows]
+    rows = [r.to_dict() if isinstance(r, BenchRow) else dict(r) for r in rows]  # fan-bench's rows, or their JSON objects
     unknown = set(models) - {m for m, _ in _SOURCES.values()}
     if unknown:
         raise ValueError(f"unknown model keys {sorted(unknown)}; expected some of: float, qat, pruned, pruned+qat")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import signal
 import time
@@ -32,6 +31,7 @@ from ..evaluation import evaluate_model
 from ..files.folders import read_folder
 from ..errors import BoxError, ConfigError
 from ..limits import check_batch
+from ..progress import progress_bar
 from ..models import create_model, save_checkpoint
 from ..models.checkpoints import load_optimizer_state, load_weights, read_training_state
 from ..models.complexity import count_macs, count_parameters
@@ -409,7 +409,8 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
             )
             recipe.train_mode(net)
             losses: list[float] = []
-            progress = _progress(len(batches), first, epoch, spec.epochs, dist.is_main, recipe.progress_label)
+            progress = progress_bar(len(batches), f"{recipe.progress_label} {epoch + 1}/{spec.epochs}", "batch", initial=first,
+                                    enabled=dist.is_main)
             for b, batch in enumerate(loader, start=first):
                 for group in optimizer.param_groups:
                     group["lr"] = spec.lr * lr_factor(spec, epoch + b / max(len(batches), 1))
@@ -473,14 +474,6 @@ def teacher_heatmaps(teacher: FAN, images: torch.Tensor, size: int) -> torch.Ten
     elif heatmaps.shape[-1] < size:  # a fine-head student of a coarse teacher: area would repeat cells in blocks
         heatmaps = F.interpolate(heatmaps, size=(size, size), mode="bilinear", align_corners=False)
     return heatmaps
-
-
-def _progress(total: int, first: int, epoch: int, epochs: int, enabled: bool, label: str = "epoch") -> Any:
-    """The epoch's bar on stderr; a disabled one (every call a no-op) off rank 0 or with FAN_EDGE_NO_PROGRESS=1."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=first, desc=f"{label} {epoch + 1}/{epochs}", unit="batch", leave=False,
-                disable=not enabled or os.environ.get("FAN_EDGE_NO_PROGRESS") == "1")
 
 
 @torch.no_grad()
