@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fan_edge.errors import ConfigError
+from fan_edge.export.int8 import Int8Recipe
 from fan_edge.models import FANConfig, Weights, create_model, save_checkpoint
 from fan_edge.models.complexity import config_macs, config_parameters, count_macs, count_parameters
 from fan_edge.models.checkpoints import infer_config
@@ -106,7 +107,7 @@ def fine_exports(tmp_path_factory, fine_checkpoint, synthetic_faces):
     from fan_edge.export import export_model
 
     out = tmp_path_factory.mktemp("fine-exports")
-    common = dict(calib=synthetic_faces, calib_faces=6, verify=synthetic_faces, verify_faces=4)
+    common = dict(int8=Int8Recipe(calib=str(synthetic_faces), calib_faces=6), verify=synthetic_faces, verify_faces=4)
     results = export_model(str(fine_checkpoint), "onnx,openvino", "fp32,int8", output=out / "heatmaps", **common)
     results += export_model(str(fine_checkpoint), "onnx", "fp32", outputs="landmarks", output=out / "landmarks.onnx", **common)
     return {(r.target, r.precision, r.outputs): r for r in results}
@@ -144,7 +145,7 @@ def test_tflite_exports_of_the_fine_grid(tmp_path, fine_checkpoint, synthetic_fa
     from fan_edge.rows import Status
     from fan_edge.runtime.session import LandmarkSession
 
-    common = dict(calib=synthetic_faces, calib_faces=6, verify=synthetic_faces, verify_faces=4)
+    common = dict(int8=Int8Recipe(calib=str(synthetic_faces), calib_faces=6), verify=synthetic_faces, verify_faces=4)
     results = {r.precision: r for r in export_model(str(fine_checkpoint), "tflite", "fp32,int8", output=tmp_path, **common)}
     assert results["fp32"].status is Status.PASSED, results["fp32"]
     for r in results.values():
