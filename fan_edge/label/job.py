@@ -42,6 +42,7 @@ from ..files.images import check_image_file, read_image
 from ..files.pts import write_pts
 from ..errors import BackendError, ConfigError, DataError, FanEdgeError
 from ..limits import MAX_THREADS, MAX_WORKERS, check_int
+from ..progress import progress_bar
 from ..runtime.detect import SCAN_SIZE
 from ..files.labels import LABELS, LabelSummary, Ledger, output_names, place_image, read_boxes_file, summarize
 from .quality import CONSENSUS_RULES, Thresholds, consensus, drop_reasons, flip_nme, teacher_nme
@@ -388,11 +389,7 @@ def label_folder(
     summary = LabelSummary(spec.out, skipped=len(scope) - len(todo))
     workers = 1 if spec.device != "cpu" or len(todo) < 2 else (spec.workers or default_workers())
     start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(scope), initial=summary.skipped, unit="img", desc="labelling", dynamic_ncols=True)
+    bar = progress_bar(len(scope), "labelling", "img", initial=summary.skipped, enabled=progress)
     stop = terminate_as_interrupt()
     try:
         executor = None
@@ -425,8 +422,7 @@ def label_folder(
                 done[result.image] = records
                 summary.new_images += 1
                 summary.new_faces += sum(r["face"] is not None for r in records)
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
                 if on_image is not None:
                     on_image(records)
         except BrokenProcessPool:
@@ -438,7 +434,6 @@ def label_folder(
     finally:
         stop()
         ledger.close()
-        if bar is not None:
-            bar.close()
+        bar.close()
     summary.seconds = time.perf_counter() - start
     return summarize(summary, done, scope, len(spec.teachers))
