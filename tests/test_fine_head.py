@@ -51,7 +51,8 @@ def test_shapes_in_training_and_eval_and_the_early_exit():
     model = create_model(FINE, weights=False)
     x = torch.rand(2, 3, 128, 128)
     model.train()
-    assert [tuple(o.shape) for o in model(x)] == [(2, 68, 64, 64)] * 2  # every stack supervised on the fine grid
+    # Every stack supervised: the last on the fine grid, earlier ones on FAN's (their fine heads are not run).
+    assert [tuple(o.shape) for o in model(x)] == [(2, 68, 32, 32), (2, 68, 64, 64)]
     model.eval().set_exit(1)
     assert tuple(model(x).shape) == (2, 68, 64, 64)
 
@@ -166,3 +167,15 @@ def test_coreml_export_of_the_fine_grid(tmp_path, fine_checkpoint):
     from fan_edge.export import coreml_export
 
     assert coreml_export.read_contract(r.path).heatmap_size == 64
+
+
+def test_a_fine_target_pooled_to_the_coarse_grid_decodes_to_the_same_points():
+    from fan_edge.data.heatmaps import gaussian_heatmaps
+    from fan_edge.train.losses import on_grid
+
+    points = np.random.default_rng(2).uniform(10, 118, (68, 2))
+    fine = torch.from_numpy(gaussian_heatmaps(points, 128, sigma=2.0, heatmap_size=64))[None]
+    coarse = on_grid(fine, 32)
+    assert coarse.shape == (1, 68, 32, 32)
+    decoded, _ = decode_heatmaps(coarse.numpy(), 128, "gaussian")
+    assert np.abs(decoded[0] - points).max() < 0.6  # crop px, 4-px cells

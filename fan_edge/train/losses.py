@@ -42,6 +42,17 @@ def stack_weights(stacks: int, kind: str) -> list[float]:
     raise ValueError(f"unknown stack weighting {kind!r}")
 
 
+def on_grid(target: torch.Tensor, size: int) -> torch.Tensor:
+    """``target`` on a coarser ``size`` grid: a fine-head model's earlier stacks are supervised on FAN's grid.
+
+    Averaging each 2x2 block keeps the cell-centre convention (a coarse cell's centre is the mean of the fine
+    centres it covers), so a fine Gaussian target becomes a coarse one centred on the same point.
+    """
+    if target.shape[-1] == size:
+        return target
+    return torch.nn.functional.avg_pool2d(target, target.shape[-1] // size)
+
+
 def stacked_loss(
     outputs: list[torch.Tensor], target: torch.Tensor, kind: str, weights: list[float], mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -49,7 +60,7 @@ def stacked_loss(
     fn = LOSSES[kind]
     total = outputs[0].new_zeros(())
     for w, out in zip(weights, outputs):
-        per_sample = fn(out, target)
+        per_sample = fn(out, on_grid(target, out.shape[-1]))
         if mask is not None:
             per_sample = per_sample * mask
             total = total + w * per_sample.sum() / mask.sum().clamp(min=1.0)
