@@ -283,3 +283,19 @@ def test_bench_on_afw_faces(data_dir, exported, tiny_checkpoint, tmp_path):
     for key in ("nme_io", "nme_box", "auc7", "fr7"):
         assert np.isfinite(getattr(torch_row, key)) and abs(getattr(ort_row, key) - getattr(torch_row, key)) <= 0.01, key
     assert ort_row.status == "passed" and ort_row.speedup > 0
+
+
+def test_exports_are_checked_on_afw_not_on_the_calibration_faces_without_data(tmp_path, monkeypatch, data_dir):
+    """fan-bench without --data (latency only) checks each export's parity on the checkout's AFW faces; the cache
+    keys the verdict by the faces it was scored on."""
+    from fan_edge.bench import runner
+    from fan_edge.bench.runner import parity_faces
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_bench", lambda options, log=None: seen.setdefault("options", options) and [])
+    bench_main(["--targets", "onnxruntime:int8", "--out", str(tmp_path / "art"), "--json", str(tmp_path / "r.json")])
+    options = seen["options"]
+    assert options.data is None and options.calib.name == "helen_train"
+    assert parity_faces(options) == (data_dir / "afw").resolve()
+    assert parity_faces(BenchOptions(calib=tmp_path, verify_export=False)) is False
+    assert parity_faces(BenchOptions(calib=tmp_path)) == tmp_path

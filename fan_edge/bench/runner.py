@@ -62,6 +62,7 @@ class BenchOptions:
     artifacts: list[str] = field(default_factory=list)
     data: Path | None = None
     calib: Path | None = None
+    verify: Path | None = None  # faces each export's parity check is scored on (None: data, else calib)
     calib_faces: int = 128
     faces: int | None = None  # None: every face of --data
     threads: int = 2
@@ -258,6 +259,15 @@ class ArtifactCache:
         write_text_atomic(self.path, json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
 
 
+def parity_faces(options: BenchOptions) -> Path | bool:
+    """The folder each export's parity check is scored on: the one named for it, else the faces the benchmark
+    scores, else the calibration faces (the CLI fills in its documented default, the checkout's AFW faces);
+    False without the check."""
+    if not options.verify_export:
+        return False
+    return options.verify or options.data or options.calib or False
+
+
 def _export_key(digest: str, target: BenchTarget, options: BenchOptions, int8: Any) -> dict[str, Any]:
     key: dict[str, Any] = {
         "weights": digest,
@@ -269,6 +279,9 @@ def _export_key(digest: str, target: BenchTarget, options: BenchOptions, int8: A
         key.update(calib=int8.calib, calib_faces=int8.calib_faces)
     if target.npu_export is not None:
         key.update(device=target.npu_export, soc=options.soc)
+    verify = parity_faces(options)
+    if verify:  # a cached artifact's verdict is its sidecar's, scored on these faces
+        key.update(verify=str(verify))
     return key
 
 
@@ -288,10 +301,7 @@ def export_artifacts(
     out = options.out.resolve()
     cache = ArtifactCache(out)
     int8 = Int8Recipe(calib=options.calib, calib_faces=options.calib_faces)  # one int8 recipe for every row
-    verify: Path | bool = False
-    if options.verify_export:
-        # The faces scored by the benchmark, else the calibration faces (the CLI fills in its documented defaults).
-        verify = options.data or options.calib or False
+    verify = parity_faces(options)
     from ..export.devices import resolve_device
 
     def artifact_path(t: BenchTarget) -> Path:

@@ -8,11 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..limits import MAX_THREADS, threads_arg
-from .common import OneLineParser, debug_arg, run_built, shared_data, stderr, trust_arg
-
-# int8 calibration faces when --calib is not given: the checkout's HELEN training faces, else --data.
-DEFAULT_CALIB = ("300w", "helen_train")
-
+from .common import DEFAULT_CALIB, DEFAULT_VERIFY, OneLineParser, debug_arg, run_built, shared_data, stderr, trust_arg
 
 def model_names(values: Sequence[str] | None) -> list[str]:
     """``--model`` flags, each a name or a comma list."""
@@ -42,9 +38,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         models = ["default"]
     data = Path(args.data) if args.data else None
     calib = Path(args.calib) if args.calib else (shared_data(*DEFAULT_CALIB) or data)
+    # Exports are checked on the scored faces, else on the checkout's AFW faces: never on the calibration faces
+    # alone, where int8 is at its best.
+    verify = data or shared_data(*DEFAULT_VERIFY) or calib
     options = BenchOptions(
         models=models, targets=parse_targets(args.targets or [DEFAULT_TARGETS]), artifacts=list(args.artifact),
-        data=data, calib=calib, calib_faces=args.calib_faces, faces=args.faces, threads=args.threads, runs=args.runs,
+        data=data, calib=calib, verify=verify, calib_faces=args.calib_faces, faces=args.faces, threads=args.threads, runs=args.runs,
         warmup=args.warmup, out=Path(args.out), verify_export=not args.no_verify_export, fresh=args.fresh, trust=args.trust,
         timeout_s=args.timeout, soc=args.soc, npu_faces=args.npu_faces,
     )
@@ -94,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
     parser.add_argument("--out", default="fan-bench-artifacts", metavar="DIR", help="where artifacts are exported and reused (default ./fan-bench-artifacts)")
     parser.add_argument("--fresh", action="store_true", help="re-export even when --out holds the same export")
-    parser.add_argument("--no-verify-export", action="store_true", help="skip the exporter's own parity check (the benchmark still scores every row)")
+    parser.add_argument("--no-verify-export", action="store_true", help="skip the exporter's own parity check (default: on --data, else on "
+                        f"{'/'.join(('..', 'shared', 'data', *DEFAULT_VERIFY))} when present, else on --calib; the benchmark still scores every row)")
     parser.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="limit per timing process (default 1800 s)")
     parser.add_argument("--soc", metavar="CHIP", help="Snapdragon of onnxruntime:int8@npu rows (default SM8650; QNN emulator)")
     parser.add_argument("--npu-faces", type=int, default=64, metavar="N",

@@ -20,6 +20,10 @@ from ..extras import missing_extra
 # beside the working directory. Only the CLI's documented defaults look there; library functions take explicit paths.
 CHECKOUT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ("..", "shared", "data")
+# Under SHARED_DATA: the int8 calibration faces (HELEN training faces) and the faces a parity check is scored on
+# (AFW, which no zoo model trained on), for fan-export and fan-bench when no flag names a folder.
+DEFAULT_CALIB = ("300w", "helen_train")
+DEFAULT_VERIFY = ("300w", "afw")
 
 
 def shared_data(*parts: str) -> Path | None:

@@ -9,11 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..limits import MAX_INPUT_SIZE, input_size_arg
-from .common import OneLineParser, debug_arg, model_arg, run_built, shared_data, stderr
-
-# The parity check's faces when neither --verify nor --calib names a folder: the checkout's AFW faces.
-DEFAULT_VERIFY = ("300w", "afw")
-
+from .common import DEFAULT_VERIFY, OneLineParser, debug_arg, model_arg, run_built, shared_data, stderr
 
 def verify_folder(args: argparse.Namespace) -> str | Path | bool | None:
     """What ``export_model`` gets as ``verify``: False (--no-verify), the folder named, None for --calib's
