@@ -179,3 +179,16 @@ def test_a_fine_target_pooled_to_the_coarse_grid_decodes_to_the_same_points():
     assert coarse.shape == (1, 68, 32, 32)
     decoded, _ = decode_heatmaps(coarse.numpy(), 128, "gaussian")
     assert np.abs(decoded[0] - points).max() < 0.6  # crop px, 4-px cells
+
+
+def test_every_stacks_fine_head_trains_on_request_and_the_recipe_says_so(tmp_path, synthetic_faces):
+    from fan_edge.cli.train import build_parser, spec_values
+    from fan_edge.train import TrainSpec
+
+    model = create_model(FINE, weights=False).train()
+    model.fine_every_stack = True
+    assert [tuple(o.shape) for o in model(torch.rand(1, 3, 128, 128))] == [(1, 68, 64, 64)] * 2
+    args = build_parser(distill=False).parse_args(["--model", "fan2-w32-i128-s2", "--data", "d", "--fine-every-stack"])
+    spec = TrainSpec(**spec_values(args))
+    assert spec.fine_every_stack and "--fine-every-stack" in spec.command().split()
+    assert "--fine-every-stack" not in TrainSpec(model="fan2-w32-i128-s2", data=["d"]).command()

@@ -53,6 +53,10 @@ def spec_arguments(parser: argparse.ArgumentParser, distill: bool, defaults: Map
             action = parser.add_argument(flag, type=head_stride_arg, default=default, metavar="S",
                                          help="4: FAN's heatmaps (a quarter of the input); 2: fine heads, heatmaps at half the "
                                               "input (weights without them start the heads at their own heatmaps); default: the model's")
+        elif f.name == "fine_every_stack":
+            action = parser.add_argument(flag, action="store_true",
+                                         help="with fine heads: run and supervise every stack's in training (about "
+                                              "twice the time of a step; trains the heads an early exit uses), not only the last one's")
         elif f.name == "init":
             action = parser.add_argument(flag, default=None, metavar="CKPT",
                                          help=helps.get(f.name, "start from this checkpoint's or zoo model's weights (same width; any "

@@ -63,6 +63,9 @@ class FAN(nn.Module):
             if cfg.fine:
                 self.add_module(f"fine{i}", FineHead(layout.stem_conv, f, k))
         self.exit_stack = cfg.stacks
+        # A training choice, not architecture: whether training runs (and supervises) every stack's fine head or
+        # only the last one's (fan-train --fine-every-stack).
+        self.fine_every_stack = False
 
     @property
     def card(self) -> dict[str, Any]:
@@ -113,8 +116,9 @@ class FAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.training:
-            # With fine heads, only the last stack's runs in training (earlier stacks are supervised on their coarse
-            # heatmaps): a fine head per stack made a training step three times slower on a CPU. An early exit
-            # then decodes its stack's coarse heatmaps, upsampled (its fine head's correction stays at zero).
-            return self.forward_stacks(x, every=False)
+            # With fine heads, by default only the last stack's runs in training (earlier stacks are supervised on
+            # their coarse heatmaps): a fine head per stack made a training step three times slower on a CPU. An
+            # early exit then decodes its stack's coarse heatmaps, upsampled (its fine head's correction stays at
+            # zero). ``fine_every_stack`` trains every stack's fine head, for models meant to exit early.
+            return self.forward_stacks(x, every=self.fine_every_stack)
         return self.forward_stacks(x, self.exit_stack, every=False)[-1]

@@ -43,7 +43,8 @@ class TrainSpec:
     color: float = 0.8
     occlusion: float = 0.3
     input_size: int | None = None
-    head_stride: int | None = None  # 2: fine heads, heatmaps at half the input (models/fine_head.py); None: the model's
+    head_stride: int | None = None
+    fine_every_stack: bool = False  # fine heads: train every stack's (early exits) rather than only the last one's  # 2: fine heads, heatmaps at half the input (models/fine_head.py); None: the model's
     reference_scale: float | None = None
     center_shift: float | None = None
     refine: str | None = None
@@ -89,5 +90,6 @@ class TrainSpec:
             value = getattr(self, f.name)
             if value == getattr(default, f.name) or value is None:
                 continue
-            parts += [f"--{f.name.replace('_', '-')}", str(value)]
+            flag = f"--{f.name.replace('_', '-')}"
+            parts += [flag] if value is True else [flag, str(value)]  # a switch (store_true) takes no value
         return " ".join(shlex.quote(p) for p in parts)

@@ -115,6 +115,7 @@ def _setup_logging(out: Path, is_main: bool, filename: str = "train.log") -> Non
 def build_model(spec: TrainSpec) -> FAN:
     """The student: a registry variant or a checkpoint, with the spec's preprocessing overrides."""
     model = create_model(spec.model, input_size=spec.input_size, head_stride=spec.head_stride)
+    model.fine_every_stack = spec.fine_every_stack
     if spec.init:
         warm_start(model, spec.init)
     crop = model.weights.crop  # crop and refinement are the weights' record's (models/pretrained.py)
