@@ -155,6 +155,40 @@ def test_models_and_info_start_without_torch():
     assert done.stdout.strip() == "[0, 0, 0, 0] False True", done.stderr
 
 
+def test_info_of_a_fan_edge_file_reads_its_header_without_torch(tmp_path):
+    """fan-edge info FILE.safetensors answers from the header (no torch); a file whose tensors do not add up to its
+    config is left to the full reader, which refuses it in one line."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file, save_file
+
+    from fan_edge.models import save_checkpoint
+    from fan_edge.models.table import fan_edge_file_summary, model_summary
+
+    path = save_checkpoint(create_model("fan2-w32-i128-s2", weights=False), tmp_path / "m.safetensors")
+    code = ("import contextlib, io, json, sys; from fan_edge.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            f"    code = main(['info', {str(path)!r}, '--json'])\n"
+            "print(json.dumps([code, 'torch' in sys.modules, json.loads(out.getvalue())]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code, torch_loaded, fast = json.loads(done.stdout)
+    assert (code, torch_loaded) == (0, False), done.stderr
+    full = model_summary(str(path)) | {"model": fast["model"]}
+    tensors = load_file(str(path))
+    assert fast == json.loads(json.dumps(full)) and fast["heatmap_size"] == 64
+    # Metadata that claims another architecture than the tensors hold: not summarised from the metadata.
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = dict(f.metadata())
+    metadata["fan_edge_config"] = json.dumps({**json.loads(metadata["fan_edge_config"]), "stacks": 1})
+    forged = tmp_path / "forged.safetensors"
+    save_file(tensors, str(forged), metadata=metadata)
+    assert fan_edge_file_summary(str(forged)) is None
+
+
 def test_narrow_variants_shrink_the_stem():
     cfg = config_from_name("fan1-w64-i128")
     assert cfg.stem_channels == (16, 32, 32, 64)

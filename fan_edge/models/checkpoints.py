@@ -45,10 +45,9 @@ from ..atomic import atomic_path, write_text_atomic
 from ..errors import CheckpointError, ConfigError
 from ..limits import MAX_PARAMETERS
 from .config import FANConfig
-from .pretrained import UNTRAINED, WEIGHTS_METADATA_KEY, Weights, card_preprocessing, split_config
+from .pretrained import CONFIG_METADATA_KEY, UNTRAINED, WEIGHTS_METADATA_KEY, Weights, card_preprocessing, split_config
 from .safe_load import RefusedPickle, check_zip_archive, meta_tensors, read_safetensors, read_safetensors_header, torch_load
 
-CONFIG_METADATA_KEY = "fan_edge_config"
 # MAX_PARAMETERS (fan_edge.limits, re-exported here): a file implying more (e.g. a tiny file whose tensors are
 # zero-stride views with huge shapes) is refused before a network of that size is allocated.
 MAX_CARD_BYTES = 1 << 20

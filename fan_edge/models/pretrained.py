@@ -35,6 +35,8 @@ from .config import FANConfig
 REFINEMENTS = ("quarter", "gaussian")
 # What the weights file's safetensors metadata holds the record under (crop and refine, JSON).
 WEIGHTS_METADATA_KEY = "fan_edge_weights"
+# The architecture, in the same metadata (fan_edge.models.checkpoints writes both).
+CONFIG_METADATA_KEY = "fan_edge_config"
 # The record's keys on disk, in a card, in the metadata and, for older files, inside the config.
 PREPROCESSING_KEYS = ("crop", "refine")
 

@@ -11,6 +11,35 @@ from __future__ import annotations
 from typing import Any
 
 from .complexity import entry_complexity
+from .config import FANConfig
+from .pretrained import CONFIG_METADATA_KEY, WEIGHTS_METADATA_KEY, Weights, split_config
+
+
+def fan_edge_file_summary(path: str) -> tuple[FANConfig, Weights] | None:
+    """The architecture and weights record of a fan-edge ``.safetensors`` file from its header alone, without torch;
+    None for any other file, or one whose tensors do not add up to its config (the full reader then says why).
+
+    Its header's shapes must hold exactly the values its config implies (:attr:`FANConfig.num_values`), so a file
+    whose metadata disagrees with its tensors is never summarised from the metadata.
+    """
+    import json
+    import math
+
+    try:
+        from safetensors import safe_open
+    except ImportError:  # a runtime-only install: the full reader decides
+        return None
+    try:
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            if CONFIG_METADATA_KEY not in metadata or WEIGHTS_METADATA_KEY not in metadata:
+                return None
+            values = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        config, _ = split_config(json.loads(metadata[CONFIG_METADATA_KEY]))
+        weights = Weights.from_preprocessing(json.loads(metadata[WEIGHTS_METADATA_KEY]), file=path)
+    except Exception:  # noqa: BLE001 - anything unexpected: the full, checked reader reports it in one line
+        return None
+    return (config, weights) if values == config.num_values else None
 
 
 def model_summary(name: str, trust: bool = False) -> dict[str, Any]:
@@ -20,11 +49,15 @@ def model_summary(name: str, trust: bool = False) -> dict[str, Any]:
     :func:`fan_edge.models.complexity.entry_complexity`; crop and refinement from its weights record): no torch, no
     forward pass. A checkpoint is read and built.
     """
-    from .complexity import config_macs
+    from .complexity import config_macs, config_parameters
     from .factory import is_checkpoint_path
     from .registry import get_entry
 
-    if is_checkpoint_path(name):
+    described = fan_edge_file_summary(name) if is_checkpoint_path(name) else None
+    if described is not None:
+        cfg, weights = described
+        trained, parameters, macs = True, config_parameters(cfg), config_macs(cfg)
+    elif is_checkpoint_path(name):
         from . import count_parameters, create_model
 
         model = create_model(name, trust=trust)
