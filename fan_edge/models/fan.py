@@ -117,8 +117,8 @@ class FAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self.training:
             # With fine heads, by default only the last stack's runs in training (earlier stacks are supervised on
-            # their coarse heatmaps): a fine head per stack made a training step three times slower on a CPU. An
-            # early exit then decodes its stack's coarse heatmaps, upsampled (its fine head's correction stays at
-            # zero). ``fine_every_stack`` trains every stack's fine head, for models meant to exit early.
+            # their coarse heatmaps): a fine head per stack made a CPU training step several times slower
+            # (docs/zoo.md). An early exit then decodes its stack's coarse heatmaps, upsampled (its fine head's
+            # correction stays at zero). ``fine_every_stack`` trains every stack's fine head, for early exits.
             return self.forward_stacks(x, every=self.fine_every_stack)
         return self.forward_stacks(x, self.exit_stack, every=False)[-1]
