@@ -83,9 +83,6 @@ class FAN(nn.Module):
         self.exit_stack = stack
         return self
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stem_levels(x)[1]
-
     def stem_levels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The stem's half-resolution features (conv1's, what a fine head joins) and its output."""
         half = F.relu(self.bn1(self.conv1(x)))
