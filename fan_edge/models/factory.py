@@ -116,7 +116,6 @@ def create_model(
         config = config.replace(**changes)
     model = FAN(config, record)
     if checkpoint is not None:
-        state = with_fresh_fine_heads(checkpoint.state_dict, model) if config.fine else checkpoint.state_dict
-        load_weights(model, state)
+        load_weights(model, with_fresh_fine_heads(checkpoint.state_dict, model))
     model.eval()
     return model

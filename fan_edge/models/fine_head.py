@@ -45,18 +45,17 @@ class FineHead(nn.Module):
         return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False) + self.out(up)
 
 
-
 def with_fresh_fine_heads(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """``state_dict`` completed with ``model``'s own fine-head tensors where it has none.
 
     How coarse weights (FAN's, any zoo model's) start a fine-head network: the
     heads begin as built, their correction at zero, so the network's heatmaps
     are the coarse weights' own, upsampled. A state dict that has fine heads
-    is returned as it is, so a mismatch there is still reported.
+    is returned as it is, so a mismatch there is still reported; so is any
+    state dict for a model without fine heads.
     """
-    own = model.state_dict()
     if any(k.startswith("fine") for k in state_dict):
         return dict(state_dict)
     fresh = dict(state_dict)
-    fresh.update({k: v for k, v in own.items() if k.startswith("fine")})
+    fresh.update({k: v for k, v in model.state_dict().items() if k.startswith("fine")})
     return fresh

@@ -58,10 +58,8 @@ def warm_start(model: FAN, path: str, trust: bool = False) -> FAN:
     An untrained ``model`` also takes the crop and refinement those weights were trained with.
     """
     checkpoint = read_checkpoint(trained_weights_file(path), trust=trust)
-    state = grow_stacks(checkpoint.state_dict, model.config.stacks)
-    if model.config.fine:  # coarse weights start a fine-head network at their own heatmaps (models/fine_head.py)
-        state = with_fresh_fine_heads(state, model)
-    load_weights(model, state)
+    # Coarse weights start a fine-head network at their own heatmaps (models/fine_head.py).
+    load_weights(model, with_fresh_fine_heads(grow_stacks(checkpoint.state_dict, model.config.stacks), model))
     if model.weights.file is None:
         # A network built from an architecture name has FAN's released crop and refinement; weights trained on
         # another crop would meet faces framed differently from how they learned them. Flags still override.
