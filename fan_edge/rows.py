@@ -88,6 +88,7 @@ EXTRA_KEYS = (
     "threads",
     "runs",
     "warmup",
+    "rounds",
     "path",
     "source",
     "error",
@@ -131,6 +132,7 @@ class BenchRow:
     threads: int | None = None
     runs: int | None = None
     warmup: int | None = None
+    rounds: int | None = None  # fan-bench's interleaved rounds the runs were spread over (one process each)
     path: str | None = None
     source: str | None = None
     error: str | None = None

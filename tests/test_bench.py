@@ -14,7 +14,8 @@ import pytest
 
 from fan_edge.bench.pareto import pareto_front, plot_pareto
 from fan_edge.bench.report import format_table, to_csv, to_json, write_csv
-from fan_edge.bench.runner import BenchOptions, run_bench
+from fan_edge.bench import runner
+from fan_edge.bench.runner import BenchOptions, Timing, round_runs, run_bench, time_rows
 from fan_edge.bench.targets import BenchTarget, parse_targets
 from fan_edge.cli import bench_main
 from fan_edge.errors import BenchError
@@ -152,6 +153,56 @@ def test_run_bench_rows_cache_and_isolation(tiny_checkpoint, synthetic_faces, tm
     )
     assert any("reusing" in m for m in messages) and not any(m.startswith("exporting") for m in messages)
     assert again[0].status == "passed" and again[0].nme_io is None and again[0].speedup is None
+
+
+def test_runs_split_over_rounds():
+    assert round_runs(10, 3) == [4, 3, 3]
+    assert round_runs(100, 5) == [20] * 5
+    assert round_runs(2, 5) == [1, 1]  # never a round without runs
+    assert round_runs(7, 1) == [7]
+
+
+def test_rows_are_timed_in_interleaved_rounds_and_pooled(monkeypatch):
+    """Round 1 times every row, then round 2...: a slow spell of the machine lands on every row alike."""
+    calls = []
+    clock = iter(range(1, 1000))
+
+    def fake_timed_row(subject, target, options, runs):
+        calls.append((subject, runs))
+        if subject == "broken" and len([c for c in calls if c[0] == "broken"]) == 2:
+            raise RuntimeError("the backend crashed in round 2")
+        samples = [float(next(clock)) for _ in range(runs)]
+        return BenchRow(status=Status.PASSED, size_mb=1.5, peak_rss_mb=100.0 + len(calls), base_rss_mb=50.0,
+                        more={"latency_ms_samples": samples})
+
+    monkeypatch.setattr(runner, "timed_row", fake_timed_row)
+    target = BenchTarget("onnxruntime")
+    timings = [Timing(BenchRow(model=n, target="onnxruntime"), n, target) for n in ("a", "broken", "b")]
+    absent = Timing(BenchRow(model="gpu").fail("no gpu", Status.DEVICE_ABSENT), "gpu", target)
+    options = BenchOptions(runs=7, warmup=2, rounds=3, threads=1)
+    time_rows(timings + [absent], options, log=lambda msg: None)
+
+    assert calls == [("a", 3), ("broken", 3), ("b", 3), ("a", 2), ("broken", 2), ("b", 2), ("a", 2), ("b", 2)]
+    a, broken, b = (t.row for t in timings)
+    # The fake clock counts on over every call: a's runs are 1-3 (round 1), 10-11 (round 2) and 14-15 (round 3),
+    # pooled their median is 10; b's are 7-9, 12-13 and 16-17, median 12.
+    assert a.runs == 7 and a.rounds == 3 and a.latency_ms_p50 == 10.0 and a.warmup == 2 and a.threads == 1
+    assert a.latency_source == "timed here" and a.peak_rss_mb == 107.0 and a.size_mb == 1.5
+    assert b.runs == 7 and b.latency_ms_p50 == 12.0
+    assert broken.status is Status.FAILED and "round 2" in broken.error and broken.latency_ms_p50 is None
+    assert absent.row.status is Status.DEVICE_ABSENT and absent.row.latency_ms_p50 is None
+
+
+def test_a_timing_process_without_samples_fails_its_row(monkeypatch):
+    monkeypatch.setattr(runner, "timed_row", lambda *a, **k: BenchRow(status=Status.PASSED, latency_ms_p50=1.0))
+    t = Timing(BenchRow(model="a"), "a", BenchTarget("onnxruntime"))
+    time_rows([t], BenchOptions(runs=2, rounds=2), log=lambda msg: None)
+    assert t.row.status is Status.FAILED and "no latency samples" in t.row.error
+
+
+def test_rounds_must_be_positive(tmp_path):
+    with pytest.raises(BenchError, match="rounds must be a positive integer"):
+        run_bench(BenchOptions(targets=parse_targets("torch"), rounds=0, out=tmp_path))
 
 
 def test_artifacts_bench_as_they_are(exported, tmp_path):

@@ -19,6 +19,7 @@ class Latency:
     p90_ms: float
     runs: int
     threads: int
+    samples_ms: tuple[float, ...] = ()  # every timed run, in order
 
 
 def measure(fn, runs: int, warmup: int) -> np.ndarray:
@@ -48,4 +49,6 @@ def torch_latency(model: nn.Module, input_size: int, threads: int = 2, runs: int
     finally:
         torch.set_num_threads(previous)
         model.train(was_training)
-    return Latency(float(np.percentile(times, 50)), float(np.percentile(times, 90)), runs, threads)
+    return Latency(
+        float(np.percentile(times, 50)), float(np.percentile(times, 90)), runs, threads, tuple(float(t) for t in times)
+    )

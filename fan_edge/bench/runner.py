@@ -10,10 +10,16 @@ options of each artifact). Then each row is measured:
   through :class:`~fan_edge.runtime.LandmarkSession` (the code an app runs),
   PyTorch eager through :func:`fan_edge.evaluation.predict_dataset`;
   scored by :func:`fan_edge.data.metrics.score`;
-- latency and peak memory, in a fresh subprocess per row
+- latency and peak memory, in fresh subprocesses
   (``python -m fan_edge.ondevice.bench`` for artifacts,
-  ``python -m fan_edge.bench.torch_bench`` for PyTorch), one after the other,
-  so that no row's imports, buffers or threads weigh on another's figures.
+  ``python -m fan_edge.bench.torch_bench`` for PyTorch), so that no row's
+  imports, buffers or threads weigh on another's figures. Once every row is
+  exported and scored, the runs are spread over interleaved rounds
+  (:func:`time_rows`): each round times every row in turn, one process per
+  row, and a row's percentiles pool all of its rounds' runs. A machine whose
+  speed drifts during the benchmark then slows every row alike, instead of
+  whichever rows were timed during the slow minutes, so rows of one run can
+  be compared with each other.
 
 Each row is a :class:`~fan_edge.rows.BenchRow` and stands alone: an export,
 a load, a run or a timing that fails makes that row :attr:`~fan_edge.rows.Status.FAILED`
@@ -66,8 +72,9 @@ class BenchOptions:
     calib_faces: int = 128
     faces: int | None = None  # None: every face of --data
     threads: int = 2
-    runs: int = 100
-    warmup: int = 10
+    runs: int = 100  # timed runs per row, over all rounds
+    warmup: int = 10  # untimed runs at the start of each round's process
+    rounds: int = 5  # interleaved timing rounds (at most ``runs``): see time_rows
     out: Path = Path("fan-bench-artifacts")
     verify_export: bool = True
     fresh: bool = False  # re-export even when the cache holds a matching artifact
@@ -170,8 +177,10 @@ def torch_accuracy(net: Any, faces: Faces) -> Accuracy:
 # ---- timing in a fresh process -------------------------------------------------------------------
 
 
-def timing_command(path_or_model: str, target: BenchTarget, options: BenchOptions) -> list[str]:
-    common = ["--threads", str(options.threads), "--runs", str(options.runs), "--warmup", str(options.warmup), "--json"]
+def timing_command(path_or_model: str, target: BenchTarget, options: BenchOptions, runs: int | None = None) -> list[str]:
+    """The timing process's command line: ``runs`` timed runs (default ``options.runs``) after ``options.warmup``."""
+    runs = options.runs if runs is None else runs
+    common = ["--threads", str(options.threads), "--runs", str(runs), "--warmup", str(options.warmup), "--json"]
     if target.is_torch:
         cmd = [sys.executable, "-m", "fan_edge.bench.torch_bench", path_or_model, "--device", target.device] + common
         return cmd + (["--trust"] if options.trust else [])
@@ -187,9 +196,9 @@ def timing_command(path_or_model: str, target: BenchTarget, options: BenchOption
     ] + common
 
 
-def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions) -> BenchRow:
+def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions, runs: int | None = None) -> BenchRow:
     """The row printed (as JSON) by the timing subprocess, its status and error included."""
-    cmd = timing_command(path_or_model, target, options)
+    cmd = timing_command(path_or_model, target, options, runs)
     try:
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=options.timeout_s)
     except subprocess.TimeoutExpired:
@@ -204,17 +213,86 @@ def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions) ->
     raise BenchError(f"timing process exited {proc.returncode}: {tail}")
 
 
-_TIMING_KEYS = ("size_mb", "latency_ms_p50", "latency_ms_p90", "fps", "peak_rss_mb", "base_rss_mb", "threads", "runs", "warmup")
+@dataclass
+class Timing:
+    """A row waiting for its latency: what its timing process runs (an artifact's path, or the model for PyTorch)
+    and the runs gathered so far, round by round."""
+
+    row: BenchRow
+    subject: str
+    target: BenchTarget
+    samples: list[float] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    base_rss_mb: float | None = None
+    size_mb: float | None = None
+    rounds: int = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether the row still wants timing (a row that failed, or whose device is absent, does not)."""
+        return self.row.status not in (Status.FAILED, Status.DEVICE_ABSENT)
+
+    def add(self, timing: BenchRow) -> None:
+        """Pool one round's process: its runs, and the highest peak memory of any round."""
+        if timing.status is not Status.PASSED:
+            self.row.fail(timing.error or "timing failed", timing.status)
+            return
+        samples = timing.more.get("latency_ms_samples")
+        if not isinstance(samples, list) or not samples:
+            self.row.fail("the timing process reported no latency samples")
+            return
+        self.samples += [float(v) for v in samples]
+        self.rounds += 1
+        if timing.peak_rss_mb is not None:
+            self.peak_rss_mb = max(self.peak_rss_mb or 0.0, timing.peak_rss_mb)
+        if timing.base_rss_mb is not None:
+            self.base_rss_mb = min(self.base_rss_mb or timing.base_rss_mb, timing.base_rss_mb)
+        self.size_mb = timing.size_mb
+
+    def finish(self, options: BenchOptions) -> None:
+        """Write the pooled figures into the row."""
+        if not self.pending or not self.samples:
+            return
+        row, times = self.row, np.asarray(self.samples)
+        p50 = float(np.percentile(times, 50))
+        row.latency_ms_p50, row.latency_ms_p90 = round(p50, 3), round(float(np.percentile(times, 90)), 3)
+        row.fps = round(1000.0 / p50, 2) if p50 > 0 else None
+        row.peak_rss_mb, row.base_rss_mb = self.peak_rss_mb, self.base_rss_mb
+        if row.size_mb is None:
+            row.size_mb = self.size_mb
+        row.threads, row.runs, row.warmup, row.rounds = options.threads, len(times), options.warmup, self.rounds
+        row.latency_source = "timed here"
 
 
-def _merge_timing(row: BenchRow, timing: BenchRow) -> BenchRow:
-    if timing.status is not Status.PASSED:
-        return row.fail(timing.error or "timing failed", timing.status)
-    for key in _TIMING_KEYS:
-        value = getattr(timing, key)
-        if value is not None and (key != "size_mb" or row.size_mb is None):
-            setattr(row, key, value)
-    return row
+def round_runs(runs: int, rounds: int) -> list[int]:
+    """``runs`` split over ``rounds`` (at most one round per run), the first rounds taking the remainder."""
+    rounds = max(1, min(rounds, runs))
+    return [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+
+
+def time_rows(timings: Sequence[Timing], options: BenchOptions, log: Log) -> None:
+    """Time every pending row in interleaved rounds: round 1 times each row in turn, then round 2, and so on.
+
+    Each round of each row is a fresh timing process (``options.warmup``
+    untimed runs, then its share of ``options.runs``); a row's latency is the
+    percentiles of all its runs together. Interleaving is what makes the rows
+    of one benchmark comparable on a machine whose speed drifts: sequential
+    rows put a slow minute on one row only. A round that fails fails its row,
+    whose other rounds are then skipped.
+    """
+    shares = round_runs(options.runs, options.rounds)
+    for r, runs in enumerate(shares, start=1):
+        for t in timings:
+            if not t.pending:
+                continue
+            log(f"timing round {r}/{len(shares)}: {t.target.label} {t.row.model} ({runs} runs after {options.warmup}, "
+                f"{options.threads} threads)")
+            try:
+                t.add(timed_row(t.subject, t.target, options, runs))
+            except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
+                t.row.fail(_reason(exc))
+    for t in timings:
+        t.finish(options)
 
 
 # ---- export with a cache -------------------------------------------------------------------------
@@ -415,19 +493,19 @@ def _apply_sidecar_verdict(row: BenchRow, path: Path) -> None:
 
 
 def _artifact_row(
-    path: Path, model: str, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log
+    path: Path, model: str, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log,
+    timings: list[Timing],
 ) -> BenchRow:
+    """An artifact's row, scored; it joins ``timings`` (its latency comes from :func:`time_rows`)."""
     row = new_row(model, target, path=str(path))
     try:
         row.size_mb = round(artifact_size_mb(path), 3)
         if faces is not None:
             log(f"{target.label} {path.name}: accuracy on {faces.folder.name}")
             artifact_accuracy(path, target.runtime, target.device, options.threads, faces).apply(row)
-        log(f"{target.label} {path.name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
-        _merge_timing(row, timed_row(str(path), target, options))
-        row.latency_source = "timed here"
-        if row.status is Status.PASSED and faces is None:
+        else:
             _apply_sidecar_verdict(row, path)
+        timings.append(Timing(row, str(path), target))
     except Exception as exc:  # noqa: BLE001 - one row's failure never stops the others
         row.fail(_reason(exc))
     return row
@@ -476,8 +554,10 @@ def _npu_row(
 
 
 def _torch_row(
-    model: str, name: str, net: Any, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log
+    model: str, name: str, net: Any, target: BenchTarget, options: BenchOptions, faces: Faces | None, log: Log,
+    timings: list[Timing],
 ) -> BenchRow:
+    """PyTorch eager's row, scored; it joins ``timings`` (its latency comes from :func:`time_rows`)."""
     row = new_row(name, target, path=model)
     try:
         if target.device != "cpu":
@@ -488,9 +568,7 @@ def _torch_row(
         if faces is not None:
             log(f"{target.label} {name}: accuracy on {faces.folder.name}")
             torch_accuracy(net, faces).apply(row)
-        log(f"{target.label} {name}: timing ({options.runs} runs after {options.warmup}, {options.threads} threads)")
-        _merge_timing(row, timed_row(model, target, options))
-        row.latency_source = "timed here"
+        timings.append(Timing(row, model, target))
     except Exception as exc:  # noqa: BLE001
         row.fail(_reason(exc))
     return row
@@ -512,8 +590,10 @@ def _device_absent(target: BenchTarget) -> str | None:
     return f"no {target.device} device for {target.runtime} here"
 
 
-def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log) -> list[BenchRow]:
-    """Every target's row for one model (export as needed)."""
+def bench_model(
+    model: str, options: BenchOptions, faces: Faces | None, log: Log, timings: list[Timing]
+) -> list[BenchRow]:
+    """Every target's row for one model (export as needed), scored; the rows to time join ``timings``."""
     from ..export.exporter import resolve_model
 
     try:
@@ -540,7 +620,7 @@ def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log
         if t in rows:
             continue
         if t.is_torch:
-            rows[t] = _torch_row(model, name, net, t, options, faces, log)
+            rows[t] = _torch_row(model, name, net, t, options, faces, log, timings)
             continue
         got = artifacts[t]
         if isinstance(got, BaseException):
@@ -548,14 +628,15 @@ def bench_model(model: str, options: BenchOptions, faces: Faces | None, log: Log
         elif t.npu_export is not None:
             rows[t] = _npu_row(got, name, net, t, options, faces, log)
         else:
-            rows[t] = _artifact_row(got, name, t, options, faces, log)
+            rows[t] = _artifact_row(got, name, t, options, faces, log, timings)
     for row in rows.values():
         row.source = model  # the registry name or checkpoint the row was made from, for the compression report
     return [rows[t] for t in options.targets]
 
 
-def bench_artifact(path: str, options: BenchOptions, faces: Faces | None, log: Log) -> BenchRow:
-    """The row of an existing artifact (runtime by suffix, precision and model from its contract)."""
+def bench_artifact(path: str, options: BenchOptions, faces: Faces | None, log: Log, timings: list[Timing]) -> BenchRow:
+    """The row of an existing artifact (runtime by suffix, precision and model from its contract), scored; it joins
+    ``timings``."""
     from ..runtime.backends import choose_backend
     from ..runtime.session import read_contract
 
@@ -567,7 +648,8 @@ def bench_artifact(path: str, options: BenchOptions, faces: Faces | None, log: L
         contract = read_contract(p)
     except Exception as exc:  # noqa: BLE001
         return BenchRow(model=p.name, device="cpu", path=str(p)).fail(_reason(exc))  # no runtime, no precision known
-    return _artifact_row(p, contract.model or p.stem, BenchTarget(runtime, contract.precision, "cpu"), options, faces, log)
+    target = BenchTarget(runtime, contract.precision, "cpu")
+    return _artifact_row(p, contract.model or p.stem, target, options, faces, log, timings)
 
 
 def add_speedups(rows: list[BenchRow]) -> None:
@@ -614,6 +696,8 @@ def run_bench(options: BenchOptions, log: Log | None = None) -> list[BenchRow]:
     check_int("threads", options.threads, 1, MAX_THREADS, BenchError)
     if isinstance(options.runs, bool) or not isinstance(options.runs, int) or options.runs < 1:
         raise BenchError(f"runs must be a positive integer, got {options.runs!r}")
+    if isinstance(options.rounds, bool) or not isinstance(options.rounds, int) or options.rounds < 1:
+        raise BenchError(f"rounds must be a positive integer, got {options.rounds!r}")
     if options.faces is not None and options.faces < 1:
         raise BenchError(f"faces must be a positive integer, got {options.faces!r}")
     if not options.models and not options.artifacts:
@@ -627,15 +711,17 @@ def run_bench(options: BenchOptions, log: Log | None = None) -> list[BenchRow]:
     faces = Faces(Path(options.data), options.faces) if options.data is not None else None
 
     rows: list[BenchRow] = []
+    timings: list[Timing] = []
     for model in options.models:
-        rows += bench_model(model, options, faces, say)
-    artifact_rows = [bench_artifact(a, options, faces, say) for a in options.artifacts]
+        rows += bench_model(model, options, faces, say, timings)
+    artifact_rows = [bench_artifact(a, options, faces, say, timings) for a in options.artifacts]
     if options.baseline:
         have = {r.model for r in rows if r.target == TORCH}
         for name in dict.fromkeys(r.model for r in artifact_rows if r.target and r.status is not Status.FAILED):
             if name not in have and _registry_name(name):
-                rows += bench_model_torch_only(name, options, faces, say)
+                rows += bench_model_torch_only(name, options, faces, say, timings)
     rows += artifact_rows
+    time_rows(timings, options, say)
     check_accuracy(rows)
     add_speedups(rows)
     return rows
@@ -651,8 +737,10 @@ def _registry_name(name: str) -> bool:
         return False
 
 
-def bench_model_torch_only(model: str, options: BenchOptions, faces: Faces | None, log: Log) -> list[BenchRow]:
+def bench_model_torch_only(
+    model: str, options: BenchOptions, faces: Faces | None, log: Log, timings: list[Timing]
+) -> list[BenchRow]:
     """The PyTorch baseline row of an artifact's model, when that model is in the registry."""
     from dataclasses import replace
 
-    return bench_model(model, replace(options, targets=[BenchTarget(TORCH)]), faces, log)
+    return bench_model(model, replace(options, targets=[BenchTarget(TORCH)]), faces, log, timings)

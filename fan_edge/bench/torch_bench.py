@@ -59,7 +59,14 @@ def time_torch(
         threads=threads,
         runs=runs,
         warmup=warmup,
-        more={"batch": 1, "input_size": size, "torch": torch.__version__, "host": platform.node(), "machine": platform.machine()},
+        more={
+            "batch": 1,
+            "input_size": size,
+            "latency_ms_samples": [round(t, 4) for t in latency.samples_ms],  # fan-bench pools them over its rounds
+            "torch": torch.__version__,
+            "host": platform.node(),
+            "machine": platform.machine(),
+        },
     )
 
 

@@ -44,7 +44,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(
         models=models, targets=parse_targets(args.targets or [DEFAULT_TARGETS]), artifacts=list(args.artifact),
         data=data, calib=calib, verify=verify, calib_faces=args.calib_faces, faces=args.faces, threads=args.threads, runs=args.runs,
-        warmup=args.warmup, out=Path(args.out), verify_export=not args.no_verify_export, fresh=args.fresh, trust=args.trust,
+        warmup=args.warmup, rounds=args.rounds, out=Path(args.out), verify_export=not args.no_verify_export, fresh=args.fresh, trust=args.trust,
         timeout_s=args.timeout, soc=args.soc, npu_faces=args.npu_faces,
     )
     rows, load = measured_run(lambda: run_bench(options, log=stderr))
@@ -89,8 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="faces used for int8 calibration (default 128)")
     parser.add_argument("--threads", type=threads_arg, default=2,
                         help=f"intra-op threads of every runtime (1..{MAX_THREADS}; default 2)")
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per row (default 100)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per row, over all rounds (default 100)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs at the start of each round (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, metavar="N",
+                        help="interleaved timing rounds: each times every row in turn, so that the machine's drift "
+                        "weighs on every row alike (default 5; at most --runs)")
     parser.add_argument("--out", default="fan-bench-artifacts", metavar="DIR", help="where artifacts are exported and reused (default ./fan-bench-artifacts)")
     parser.add_argument("--fresh", action="store_true", help="re-export even when --out holds the same export")
     parser.add_argument("--no-verify-export", action="store_true", help="skip the exporter's own parity check (default: on --data, else on "

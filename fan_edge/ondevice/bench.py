@@ -195,6 +195,7 @@ def time_artifact(
             "batch": 1,
             "input_size": c.input_size,
             "load_s": round(load_s, 3),
+            "latency_ms_samples": [round(float(t), 4) for t in times],  # fan-bench pools them over its rounds
             "host": platform.node(),
             "machine": platform.machine(),
         },
