@@ -89,6 +89,7 @@ EXTRA_KEYS = (
     "runs",
     "warmup",
     "rounds",
+    "latency_spread_pct",
     "path",
     "source",
     "error",
@@ -133,6 +134,8 @@ class BenchRow:
     runs: int | None = None
     warmup: int | None = None
     rounds: int | None = None  # fan-bench's interleaved rounds the runs were spread over (one process each)
+    # The interquartile range of the rounds' medians, in % of p50: rows of one run closer than this are not told apart.
+    latency_spread_pct: float | None = None
     path: str | None = None
     source: str | None = None
     error: str | None = None

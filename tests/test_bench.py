@@ -193,6 +193,24 @@ def test_rows_are_timed_in_interleaved_rounds_and_pooled(monkeypatch):
     assert absent.row.status is Status.DEVICE_ABSENT and absent.row.latency_ms_p50 is None
 
 
+def test_the_spread_of_the_rounds_medians_is_reported(monkeypatch):
+    medians = iter([1.0, 2.0, 3.0, 4.0])
+
+    def fake_timed_row(subject, target, options, runs):
+        m = next(medians)
+        return BenchRow(status=Status.PASSED, more={"latency_ms_samples": [m] * runs})
+
+    monkeypatch.setattr(runner, "timed_row", fake_timed_row)
+    t = Timing(BenchRow(model="a"), "a", BenchTarget("onnxruntime"))
+    time_rows([t], BenchOptions(runs=8, rounds=4), log=lambda msg: None)
+    # Rounds' medians 1, 2, 3, 4: quartiles 1.75 and 3.25, pooled p50 2.5, so the spread is 1.5 / 2.5 = 60 %.
+    assert t.row.latency_ms_p50 == 2.5 and t.row.latency_spread_pct == 60.0
+    few = Timing(BenchRow(model="b"), "b", BenchTarget("onnxruntime"))
+    medians = iter([1.0, 2.0, 3.0])
+    time_rows([few], BenchOptions(runs=3, rounds=3), log=lambda msg: None)
+    assert few.row.latency_spread_pct is None  # three medians have no quartiles worth the name
+
+
 def test_a_timing_process_without_samples_fails_its_row(monkeypatch):
     monkeypatch.setattr(runner, "timed_row", lambda *a, **k: BenchRow(status=Status.PASSED, latency_ms_p50=1.0))
     t = Timing(BenchRow(model="a"), "a", BenchTarget("onnxruntime"))

@@ -39,6 +39,7 @@ _COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
     ("fr7", "FR@7 %", _num(2)),
     ("latency_ms_p50", "p50 ms", _num(2)),
     ("latency_ms_p90", "p90 ms", _num(2)),
+    ("latency_spread_pct", "± %", _num(0)),
     ("latency_source", "Latency from", lambda v: {"timed here": "timed", None: "-"}.get(v, str(v).split(" (")[0])),
     ("fps", "FPS", _num(1)),
     ("speedup", "Speed-up", _num(2, "x")),

@@ -74,7 +74,7 @@ class BenchOptions:
     threads: int = 2
     runs: int = 100  # timed runs per row, over all rounds
     warmup: int = 10  # untimed runs at the start of each round's process
-    rounds: int = 5  # interleaved timing rounds (at most ``runs``): see time_rows
+    rounds: int = 10  # interleaved timing rounds (at most ``runs``): see time_rows
     out: Path = Path("fan-bench-artifacts")
     verify_export: bool = True
     fresh: bool = False  # re-export even when the cache holds a matching artifact
@@ -213,6 +213,10 @@ def timed_row(path_or_model: str, target: BenchTarget, options: BenchOptions, ru
     raise BenchError(f"timing process exited {proc.returncode}: {tail}")
 
 
+# Rounds below this give no spread: a quartile of two or three medians says nothing.
+SPREAD_MIN_ROUNDS = 4
+
+
 @dataclass
 class Timing:
     """A row waiting for its latency: what its timing process runs (an artifact's path, or the model for PyTorch)
@@ -222,6 +226,7 @@ class Timing:
     subject: str
     target: BenchTarget
     samples: list[float] = field(default_factory=list)
+    round_medians: list[float] = field(default_factory=list)
     peak_rss_mb: float | None = None
     base_rss_mb: float | None = None
     size_mb: float | None = None
@@ -242,6 +247,7 @@ class Timing:
             self.row.fail("the timing process reported no latency samples")
             return
         self.samples += [float(v) for v in samples]
+        self.round_medians.append(float(np.median(samples)))
         self.rounds += 1
         if timing.peak_rss_mb is not None:
             self.peak_rss_mb = max(self.peak_rss_mb or 0.0, timing.peak_rss_mb)
@@ -261,6 +267,9 @@ class Timing:
         if row.size_mb is None:
             row.size_mb = self.size_mb
         row.threads, row.runs, row.warmup, row.rounds = options.threads, len(times), options.warmup, self.rounds
+        if self.rounds >= SPREAD_MIN_ROUNDS and p50 > 0:
+            q1, q3 = np.percentile(self.round_medians, [25, 75])
+            row.latency_spread_pct = round(100.0 * float(q3 - q1) / p50, 1)
         row.latency_source = "timed here"
 
 

@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"intra-op threads of every runtime (1..{MAX_THREADS}; default 2)")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per row, over all rounds (default 100)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs at the start of each round (default 10)")
-    parser.add_argument("--rounds", type=int, default=5, metavar="N",
+    parser.add_argument("--rounds", type=int, default=10, metavar="N",
                         help="interleaved timing rounds: each times every row in turn, so that the machine's drift "
-                        "weighs on every row alike (default 5; at most --runs)")
+                        "weighs on every row alike (default 10; at most --runs)")
     parser.add_argument("--out", default="fan-bench-artifacts", metavar="DIR", help="where artifacts are exported and reused (default ./fan-bench-artifacts)")
     parser.add_argument("--fresh", action="store_true", help="re-export even when --out holds the same export")
     parser.add_argument("--no-verify-export", action="store_true", help="skip the exporter's own parity check (default: on --data, else on "
