@@ -470,3 +470,13 @@ def test_report_finds_exported_rows_of_checkpoints_by_source(tmp_path, tiny_chec
                               macs={"default": 1, str(runs["prune"]): 1, str(runs["prune-qat"]): 1})
     assert [(r["step"], round(r["delta_nme_io"], 3)) for r in report] == [
         ("float", 0.0), ("pruned", 0.01), ("pruned+qat", 0.03)]
+
+
+def test_qat_refuses_bf16_autocast(tmp_path):
+    from fan_edge.errors import ConfigError
+    from fan_edge.quantize.qat import QATSpec, train_qat
+    from fan_edge.train import TrainSpec
+
+    with pytest.raises(ConfigError, match="QAT runs in fp32"):
+        train_qat(QATSpec(train=TrainSpec(data=[str(tmp_path)], out=str(tmp_path / "qat"), autocast="bf16")))
+    assert not (tmp_path / "qat").exists()

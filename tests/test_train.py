@@ -316,3 +316,32 @@ def test_adaptive_wing_is_the_papers_formula_and_continuous_at_theta():
     assert adaptive_wing(target, target).abs().max() < 1e-12
     below, above = (adaptive_wing(target + s, target) for s in (theta - 1e-9, theta + 1e-9))
     torch.testing.assert_close(below, above, atol=1e-6, rtol=0)
+
+
+def test_bf16_autocast_trains_resumes_from_fp32_and_is_in_the_recipe(faces: Path, tmp_path: Path, monkeypatch):
+    """--autocast bf16 casts the forward pass only: the loss is finite, the weights stay fp32, a run started in fp32
+    resumes in bf16 (a run control, like --device), and the card's recipe says so."""
+    from fan_edge.train import precision
+
+    monkeypatch.setattr(precision, "has_bf16", lambda: True)  # emulated where the CPU lacks it: slow, not wrong
+    out = tmp_path / "run"
+    assert train(_spec(faces, None, out, max_batches=3))["stopped"]  # fp32, inside epoch 1 (4 batches an epoch)
+    result = train(_spec(faces, None, out, autocast="bf16"))
+    assert not result["stopped"]
+    log = (out / "train.log").read_text()
+    losses = [float(line.split("loss=")[1].split()[0]) for line in log.splitlines() if "loss=" in line]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and "device cpu (forward in bf16)" in log
+    ckpt = read_checkpoint(out / "best.safetensors")
+    assert all(t.dtype == torch.float32 for t in ckpt.state_dict.values() if t.is_floating_point())
+    assert "--autocast bf16" in ckpt.card["recipe"]
+
+
+def test_bf16_autocast_is_refused_on_a_cpu_without_it(faces: Path, tmp_path: Path, monkeypatch, capsys):
+    from fan_edge.train import precision
+
+    monkeypatch.setattr(precision, "has_bf16", lambda: False)
+    assert train_main(["--model", TINY, "--data", str(faces), "--out", str(tmp_path / "run"), "--autocast", "bf16",
+                       "--device", "cpu", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bfloat16 instructions" in err[0]
+    assert not (tmp_path / "run" / LAST).exists()

@@ -57,6 +57,11 @@ def spec_arguments(parser: argparse.ArgumentParser, distill: bool, defaults: Map
             action = parser.add_argument(flag, action="store_true",
                                          help="with fine heads: run and supervise every stack's in training (about "
                                               "twice the time of a step; trains the heads an early exit uses), not only the last one's")
+        elif f.name == "autocast":
+            action = parser.add_argument(flag, choices=("bf16",), default=default,
+                                         help="bf16: forward passes in bfloat16 (weights, loss and validation stay fp32): "
+                                              "about 1.7x faster on CPUs with AVX-512 BF16 or AMX; refused on others. "
+                                              "Can change on resume (docs/zoo.md, Training notes)")
         elif f.name == "init":
             action = parser.add_argument(flag, default=None, metavar="CKPT",
                                          help=helps.get(f.name, "start from this checkpoint's or zoo model's weights (same width; any "

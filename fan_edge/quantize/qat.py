@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path
-from ..errors import CheckpointError, DataError, first_line
+from ..errors import CheckpointError, ConfigError, DataError, first_line
 from ..export.int8 import matches
 from ..models import FAN, create_model, read_checkpoint, save_checkpoint
 from ..models.pretrained import config_and_weights
@@ -395,6 +395,8 @@ def train_qat(spec: QATSpec, resume: bool = True, command: str = "", log_fn: Cal
     returns a summary (figures, paths)."""
     if not spec.train.data:
         raise DataError("no training data: give at least one --data folder")
+    if spec.train.autocast is not None:  # the fake quantizers simulate int8 from fp32 activations
+        raise ConfigError("QAT runs in fp32: leave out --autocast")
     return train(spec.train, resume=resume, recipe=QATRecipe(spec, command, log_fn))
 
 

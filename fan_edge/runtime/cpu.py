@@ -57,6 +57,13 @@ def has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+def has_bf16() -> bool:
+    """Whether the CPU has bfloat16 instructions (x86 AVX-512 BF16 or AMX; Arm BF16): without them a bfloat16
+    convolution is emulated, slower than fp32."""
+    flags = _cpuinfo()[1]
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def format_cpu(record: dict[str, Any]) -> str:
     """One line for a table or a plot from a :func:`cpu_record`: name and int8 instruction sets
     ("AMD EPYC (avx2, avx512_vnni)"), and the note where one was set."""

@@ -40,6 +40,7 @@ from ..models.fan import FAN
 from .distributed import Distributed
 from .losses import LOSSES, stack_weights, stacked_loss
 from .sources import ConcatFaces, build_datasets, epoch_pool
+from .precision import check_autocast, training_forward
 from .spec import TrainSpec
 from .warm_start import warm_start
 
@@ -50,7 +51,8 @@ RESUME_ENTRIES = {"model": dict, "optimizer": dict, "epoch": int, "batch": int, 
 BEST = "best.safetensors"
 FINAL = "final.safetensors"
 # Settings of one invocation, not of the run: a resume takes them from the command, everything else from LAST.
-RUN_CONTROLS = ("out", "workers", "device", "max_minutes", "max_batches", "checkpoint_minutes")
+# The forward precision is one of them: it changes how fast a run goes, not what it trains (docs/training.md).
+RUN_CONTROLS = ("out", "workers", "device", "max_minutes", "max_batches", "checkpoint_minutes", "autocast")
 log = logging.getLogger("fan_edge.train")
 
 
@@ -318,9 +320,9 @@ def _announce(out: Path, spec: TrainSpec, recipe: Recipe, model: FAN, dataset: A
     for line in unlogged_epochs(out / recipe.log_file, history, spec.epochs):  # killed between a save and its line
         log.info("%s (logged on resume)", line)
     write_text_atomic(out / "spec.json", json.dumps(recipe.spec_dict(spec), indent=2) + "\n")
-    log.info("model %s: %d params, %.3f GMACs, %d faces, device %s, world %d",
+    log.info("model %s: %d params, %.3f GMACs, %d faces, device %s%s, world %d",
              spec.model, count_parameters(model), count_macs(model, model.config.input_size) / 1e9,
-             len(dataset), dist.device, dist.world)
+             len(dataset), dist.device, f" (forward in {spec.autocast})" if spec.autocast else "", dist.world)
     for source in dataset.sources:
         log.info("data %s", source.describe())
 
@@ -360,6 +362,7 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
         spec = recipe.resumed_spec(state["spec"], spec, last_path)
         log.info("resuming %s at epoch %d batch %d", last_path, state["epoch"], state["batch"])
 
+    check_autocast(spec.autocast, dist.device)
     model = recipe.prepare_model(spec, state, dist, out)
     check_batch(spec.batch_size, model.config.input_size)  # at the model's own input size when the spec sets none
     teacher = load_teacher(spec.teacher, model, dist.device) if spec.teacher else None
@@ -416,7 +419,7 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
                 for group in optimizer.param_groups:
                     group["lr"] = spec.lr * lr_factor(spec, epoch + b / max(len(batches), 1))
                 images = batch["image"].to(dist.device, non_blocking=True)
-                outputs = net(images)
+                outputs = training_forward(net, images, spec.autocast, dist.device)
                 loss = recipe.loss(spec, outputs, batch, images, teacher, weights, dist.device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -1,0 +1,53 @@
+"""Training forward passes in bfloat16 (``fan-train --autocast bf16``).
+
+On a CPU with bfloat16 instructions a FAN's convolutions run about 1.7
+times faster in bfloat16 (docs/zoo.md, Training notes), and training time is what
+bounds every model here. Only the forward pass is cast: the weights, the
+optimizer state, the loss and validation stay fp32, as mixed-precision
+training does on GPUs. Without bfloat16 instructions the casts are emulated
+and slower than fp32, so the trainer refuses the mode there rather than
+quietly lengthening a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..runtime.cpu import has_bf16
+
+AUTOCAST_MODES = ("bf16",)
+
+
+def check_autocast(mode: str | None, device: torch.device) -> None:
+    """A one-line error for an unknown mode, or for bfloat16 on a device without it."""
+    if mode is None:
+        return
+    if mode not in AUTOCAST_MODES:
+        raise ConfigError(f"unknown autocast mode {mode!r}; expected one of: {', '.join(AUTOCAST_MODES)}")
+    if device.type == "cpu" and not has_bf16():
+        raise ConfigError("--autocast bf16 needs a CPU with bfloat16 instructions (AVX-512 BF16, AMX or Arm BF16); "
+                          "this one would emulate them, slower than fp32")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--autocast bf16: this GPU has no bfloat16 support")
+
+
+@contextlib.contextmanager
+def forward_autocast(mode: str | None, device: torch.device) -> Iterator[None]:
+    """The forward pass's precision: bfloat16 autocast for ``mode`` "bf16", unchanged for None."""
+    if mode is None:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        yield
+
+
+def training_forward(net: nn.Module, images: torch.Tensor, mode: str | None, device: torch.device) -> list[torch.Tensor]:
+    """Every stack's heatmaps for a training step, computed in ``mode``'s precision and returned in fp32 for the loss."""
+    with forward_autocast(mode, device):
+        outputs = net(images)
+    return outputs if mode is None else [o.float() for o in outputs]
