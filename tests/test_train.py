@@ -321,9 +321,9 @@ def test_adaptive_wing_is_the_papers_formula_and_continuous_at_theta():
 def test_bf16_autocast_trains_resumes_from_fp32_and_is_in_the_recipe(faces: Path, tmp_path: Path, monkeypatch):
     """--autocast bf16 casts the forward pass only: the loss is finite, the weights stay fp32, a run started in fp32
     resumes in bf16 (a run control, like --device), and the card's recipe says so."""
-    from fan_edge.train import precision
+    from fan_edge.train import compute
 
-    monkeypatch.setattr(precision, "has_bf16", lambda: True)  # emulated where the CPU lacks it: slow, not wrong
+    monkeypatch.setattr(compute, "has_bf16", lambda: True)  # emulated where the CPU lacks it: slow, not wrong
     out = tmp_path / "run"
     assert train(_spec(faces, None, out, max_batches=3))["stopped"]  # fp32, inside epoch 1 (4 batches an epoch)
     result = train(_spec(faces, None, out, autocast="bf16"))
@@ -337,9 +337,9 @@ def test_bf16_autocast_trains_resumes_from_fp32_and_is_in_the_recipe(faces: Path
 
 
 def test_bf16_autocast_is_refused_on_a_cpu_without_it(faces: Path, tmp_path: Path, monkeypatch, capsys):
-    from fan_edge.train import precision
+    from fan_edge.train import compute
 
-    monkeypatch.setattr(precision, "has_bf16", lambda: False)
+    monkeypatch.setattr(compute, "has_bf16", lambda: False)
     assert train_main(["--model", TINY, "--data", str(faces), "--out", str(tmp_path / "run"), "--autocast", "bf16",
                        "--device", "cpu", "--epochs", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -308,6 +308,7 @@ class QATRecipe(Recipe):
     quantizers and card at the end (no ``best.safetensors``).
     """
 
+    channels_last = False  # NNCF's fake quantizers were built and tested on the default layout
     log_file = "qat.log"
     progress_label = "qat epoch"
     resume_entries = RESUME_ENTRIES

@@ -51,7 +51,7 @@ class TrainSpec:
     teacher: str | None = None
     distill_weight: float = 0.5  # share of the loss against the teacher's heatmaps
     seed: int = 0
-    autocast: str | None = None  # "bf16": forward passes in bfloat16 (train/precision.py); weights and loss stay fp32
+    autocast: str | None = None  # "bf16": forward passes in bfloat16 (train/compute.py); weights and loss stay fp32
     workers: int = 1
     device: str = "auto"
     max_minutes: float | None = None  # stop (resumably) after this long

@@ -40,7 +40,7 @@ from ..models.fan import FAN
 from .distributed import Distributed
 from .losses import LOSSES, stack_weights, stacked_loss
 from .sources import ConcatFaces, build_datasets, epoch_pool
-from .precision import check_autocast, training_forward
+from .compute import check_autocast, memory_layout, training_forward
 from .spec import TrainSpec
 from .warm_start import warm_start
 
@@ -228,6 +228,7 @@ class Recipe:
     log_file = "train.log"
     progress_label = "epoch"
     resume_entries: dict[str, Any] = RESUME_ENTRIES
+    channels_last: bool = True  # the model and batches channels-last on the CPU (train/compute.py)
     require_points: bool | None = None  # only faces with .pts; None: unless a teacher boxes the others
 
     def resumed_spec(self, saved: dict[str, Any], given: TrainSpec, path: Path) -> TrainSpec:
@@ -366,7 +367,8 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
     model = recipe.prepare_model(spec, state, dist, out)
     check_batch(spec.batch_size, model.config.input_size)  # at the model's own input size when the spec sets none
     teacher = load_teacher(spec.teacher, model, dist.device) if spec.teacher else None
-    model.to(dist.device)
+    layout = memory_layout(dist.device, recipe.channels_last)
+    model.to(dist.device, memory_format=layout)
     model.train()
     require_points = teacher is None if recipe.require_points is None else recipe.require_points
     dataset = build_datasets(spec, model, require_points=require_points,
@@ -418,7 +420,7 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
             for b, batch in enumerate(loader, start=first):
                 for group in optimizer.param_groups:
                     group["lr"] = spec.lr * lr_factor(spec, epoch + b / max(len(batches), 1))
-                images = batch["image"].to(dist.device, non_blocking=True)
+                images = batch["image"].to(dist.device, non_blocking=True, memory_format=layout)
                 outputs = training_forward(net, images, spec.autocast, dist.device)
                 loss = recipe.loss(spec, outputs, batch, images, teacher, weights, dist.device)
                 optimizer.zero_grad(set_to_none=True)

@@ -1,8 +1,11 @@
-"""Training forward passes in bfloat16 (``fan-train --autocast bf16``).
+"""How a training step computes: the forward pass's precision (``fan-train --autocast bf16``) and the memory layout.
 
-On a CPU with bfloat16 instructions a FAN's convolutions run about 1.7
-times faster in bfloat16 (docs/zoo.md, Training notes), and training time is what
-bounds every model here. Only the forward pass is cast: the weights, the
+Training time is what bounds every model here (2 CPU cores), and both are
+free of any effect on what is learnt beyond rounding (docs/zoo.md, Training
+notes, has the measured step times). On the CPU the trainer keeps the model
+and its batches channels-last, the layout oneDNN's convolutions run fastest
+in. On a CPU with bfloat16 instructions ``--autocast bf16`` runs the
+convolutions in bfloat16 as well. Only the forward pass is cast: the weights, the
 optimizer state, the loss and validation stay fp32, as mixed-precision
 training does on GPUs. Without bfloat16 instructions the casts are emulated
 and slower than fp32, so the trainer refuses the mode there rather than
@@ -21,6 +24,12 @@ from ..errors import ConfigError
 from ..runtime.cpu import has_bf16
 
 AUTOCAST_MODES = ("bf16",)
+
+
+def memory_layout(device: torch.device, allowed: bool = True) -> torch.memory_format:
+    """Channels-last on the CPU (where it was measured faster), the default layout elsewhere or when not ``allowed``
+    (QAT's fake quantizers)."""
+    return torch.channels_last if allowed and device.type == "cpu" else torch.contiguous_format
 
 
 def check_autocast(mode: str | None, device: torch.device) -> None:
