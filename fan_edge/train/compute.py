@@ -14,9 +14,6 @@ quietly lengthening a run.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -45,18 +42,8 @@ def check_autocast(mode: str | None, device: torch.device) -> None:
         raise ConfigError("--autocast bf16: this GPU has no bfloat16 support")
 
 
-@contextlib.contextmanager
-def forward_autocast(mode: str | None, device: torch.device) -> Iterator[None]:
-    """The forward pass's precision: bfloat16 autocast for ``mode`` "bf16", unchanged for None."""
-    if mode is None:
-        yield
-        return
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-        yield
-
-
 def training_forward(net: nn.Module, images: torch.Tensor, mode: str | None, device: torch.device) -> list[torch.Tensor]:
     """Every stack's heatmaps for a training step, computed in ``mode``'s precision and returned in fp32 for the loss."""
-    with forward_autocast(mode, device):
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=mode is not None):
         outputs = net(images)
     return outputs if mode is None else [o.float() for o in outputs]
