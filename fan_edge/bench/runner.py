@@ -230,7 +230,6 @@ class Timing:
     peak_rss_mb: float | None = None
     base_rss_mb: float | None = None
     size_mb: float | None = None
-    rounds: int = 0
 
     @property
     def pending(self) -> bool:
@@ -248,7 +247,6 @@ class Timing:
             return
         self.samples += [float(v) for v in samples]
         self.round_medians.append(float(np.median(samples)))
-        self.rounds += 1
         if timing.peak_rss_mb is not None:
             self.peak_rss_mb = max(self.peak_rss_mb or 0.0, timing.peak_rss_mb)
         if timing.base_rss_mb is not None:
@@ -266,8 +264,8 @@ class Timing:
         row.peak_rss_mb, row.base_rss_mb = self.peak_rss_mb, self.base_rss_mb
         if row.size_mb is None:
             row.size_mb = self.size_mb
-        row.threads, row.runs, row.warmup, row.rounds = options.threads, len(times), options.warmup, self.rounds
-        if self.rounds >= SPREAD_MIN_ROUNDS and p50 > 0:
+        row.threads, row.runs, row.warmup, row.rounds = options.threads, len(times), options.warmup, len(self.round_medians)
+        if row.rounds >= SPREAD_MIN_ROUNDS and p50 > 0:
             q1, q3 = np.percentile(self.round_medians, [25, 75])
             row.latency_spread_pct = round(100.0 * float(q3 - q1) / p50, 1)
         row.latency_source = "timed here"

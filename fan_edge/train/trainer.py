@@ -51,7 +51,7 @@ RESUME_ENTRIES = {"model": dict, "optimizer": dict, "epoch": int, "batch": int, 
 BEST = "best.safetensors"
 FINAL = "final.safetensors"
 # Settings of one invocation, not of the run: a resume takes them from the command, everything else from LAST.
-# The forward precision is one of them: it changes how fast a run goes, not what it trains (docs/training.md).
+# The forward precision is one of them: it changes how fast a run goes, not what it trains (docs/zoo.md, Training notes).
 RUN_CONTROLS = ("out", "workers", "device", "max_minutes", "max_batches", "checkpoint_minutes", "autocast")
 log = logging.getLogger("fan_edge.train")
 
