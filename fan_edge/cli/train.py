@@ -64,8 +64,9 @@ def spec_arguments(parser: argparse.ArgumentParser, distill: bool, defaults: Map
                                               "Can change on resume (docs/zoo.md, Training notes)")
         elif f.name == "init":
             action = parser.add_argument(flag, default=None, metavar="CKPT",
-                                         help=helps.get(f.name, "start from this checkpoint's or zoo model's weights (same width; any "
-                                                        "input size; extra stacks copy its last stack)"))
+                                         help=helps.get(f.name, "start from this checkpoint's or zoo model's weights (any input "
+                                                        "size; extra stacks copy its last stack; a narrower checkpoint is "
+                                                        "widened, starting at its own heatmaps)"))
         else:
             original = getattr(base, f.name)
             kind = type(original) if original is not None else (int if f.name == "input_size" else float if f.name in (

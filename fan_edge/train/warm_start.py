@@ -7,6 +7,8 @@ docs/zoo.md). FAN's stacks share one shape (hourglass, head, the links into the 
 stack), so the extra stacks start as copies of the checkpoint's last stack and
 its links; training then lets them specialise. Fewer stacks than the
 checkpoint is the ordinary early-exit truncation of :func:`load_weights`.
+A wider network starts from a narrower one's weights the same way
+(:mod:`.widen`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..models.checkpoints import STACK_KEY, load_weights, read_checkpoint
 from ..models.factory import trained_weights_file
 from ..models.fan import FAN
 from ..models.fine_head import with_fresh_fine_heads
+from .widen import widen_state_dict
 
 
 def _stack_count(state_dict: dict[str, torch.Tensor]) -> int:
@@ -53,13 +56,19 @@ def grow_stacks(state_dict: dict[str, torch.Tensor], stacks: int) -> dict[str, t
 
 
 def warm_start(model: FAN, path: str, trust: bool = False) -> FAN:
-    """Load ``path``'s weights (a checkpoint or a zoo name) into ``model`` (same width), growing or truncating the stacks to fit.
+    """Load ``path``'s weights (a checkpoint or a zoo name) into ``model``, growing or truncating the stacks to fit.
 
-    An untrained ``model`` also takes the crop and refinement those weights were trained with.
+    Weights of a narrower network are widened into ``model`` (:mod:`.widen`):
+    it starts with their heatmaps. An untrained ``model`` also takes the crop
+    and refinement those weights were trained with.
     """
     checkpoint = read_checkpoint(trained_weights_file(path), trust=trust)
+    state_dict = grow_stacks(checkpoint.state_dict, model.config.stacks)
+    narrow = checkpoint.config
+    if narrow is not None and narrow.width != model.config.width:
+        state_dict = widen_state_dict(state_dict, narrow, model.state_dict(), model.config)
     # Coarse weights start a fine-head network at their own heatmaps (models/fine_head.py).
-    load_weights(model, with_fresh_fine_heads(grow_stacks(checkpoint.state_dict, model.config.stacks), model))
+    load_weights(model, with_fresh_fine_heads(state_dict, model))
     if model.weights.file is None:
         # A network built from an architecture name has FAN's released crop and refinement; weights trained on
         # another crop would meet faces framed differently from how they learned them. Flags still override.
