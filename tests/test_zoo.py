@@ -210,7 +210,7 @@ print(json.dumps({{"code": code, "table": out.getvalue(), "unavailable": m.unava
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["code"] == 0 and result["default"] == "fan2-w64-i128-300w" and result["other"] == "gaussian"
+    assert result["code"] == 0 and result["default"] == "fan2-w64-i128-lfw" and result["other"] == "gaussian"
     assert set(result["unavailable"]) == {"fan1-w64-i64-300w", "fan4-w64-i128-300w"}
     assert "not valid JSON" in result["unavailable"]["fan1-w64-i64-300w"]
     assert "config" in result["unavailable"]["fan4-w64-i128-300w"]
