@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from fan_edge.data.heatmaps import gaussian_heatmaps
@@ -220,3 +221,30 @@ print(json.dumps({{"code": code, "table": out.getvalue(), "unavailable": m.unava
     assert any(line.startswith("fan2-w64-i128-300w") for line in table)
     warnings = [line for line in done.stderr.splitlines() if "unavailable" in line]
     assert len(warnings) == 2 and all(w.startswith("fan-edge zoo: ") for w in warnings), done.stderr
+
+
+def test_bundle_can_store_half_precision_weights_measured_as_stored(tmp_path: Path):
+    """--storage fp16: half the file, loading as fp32, and the card measured on the rounded weights, not the originals."""
+    from safetensors import safe_open
+
+    model = create_model("fan1-w32-i64", weights=False)
+    ckpt = save_checkpoint(model, tmp_path / "w.safetensors", {"recipe": "fan-train --model fan1-w32-i64"})
+    seen = []
+
+    def measure(path, data):
+        seen.append(read_checkpoint(path).state_dict["conv1.weight"])
+        return _fake_measure(path, data)
+
+    out = bundle(ckpt, "tiny-half", tmp_path, folder=tmp_path / "zoo", storage="fp16", measure=measure)
+    with safe_open(str(out), "pt") as f:
+        assert f.get_tensor("conv1.weight").dtype == torch.float16
+    assert out.stat().st_size < 0.6 * ckpt.stat().st_size
+    rounded = model.state_dict()["conv1.weight"].half().float()
+    torch.testing.assert_close(seen[0].float(), rounded, rtol=0, atol=0)
+    loaded = create_model(str(out))
+    assert next(loaded.parameters()).dtype == torch.float32
+    torch.testing.assert_close(loaded.state_dict()["conv1.weight"], rounded, rtol=0, atol=0)
+    assert json.loads(out.with_suffix(".json").read_text())["storage"] == "fp16"
+    with pytest.raises(ConfigError, match="storage"):
+        bundle(ckpt, "tiny-bad", tmp_path, folder=tmp_path / "zoo", storage="int4", measure=measure)
+    assert len(seen) == 1  # refused before anything was measured

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from importlib import resources
 from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from collections.abc import Callable
@@ -124,6 +125,7 @@ def bundle(
     notes: str = "",
     recipe: str = "",
     data_root: str | Path | None = None,
+    storage: str = "fp32",
     *,
     measure: Callable[[str | Path, str | Path], dict[str, Any]],
 ) -> Path:
@@ -137,6 +139,8 @@ def bundle(
     ``measure(checkpoint, data)``: the card's parameters, MACs and figures
     (``fan-edge bundle`` passes :func:`fan_edge.bench.card.measure_card`): the
     measuring lives with the benchmarks, so the models never import them.
+    ``storage`` fp16 writes the weights in half precision; the figures are then
+    measured on the rounded weights, the ones users load.
     """
     if ARCHITECTURE_NAME.fullmatch(name) or name == "default":
         raise ConfigError(f"zoo name {name!r} would shadow a registry variant; pick another (e.g. add a suffix)")
@@ -148,12 +152,26 @@ def bundle(
     from . import create_model, read_checkpoint, save_checkpoint
 
     source = read_checkpoint(checkpoint)
-    measured = measure(checkpoint, data)
+    with tempfile.TemporaryDirectory(prefix="fan-edge-bundle-") as scratch:
+        stored = checkpoint
+        if storage != "fp32":  # measure what will be stored
+            stored = save_checkpoint(create_model(checkpoint), Path(scratch) / "stored.safetensors", source.card, storage)
+        measured = measure(stored, data)
+        return _write(stored, name, folder, data, data_root, source.card, measured, default, description, notes, recipe,
+                      storage)
+
+
+def _write(stored: str | Path, name: str, folder: str | Path, data: str | Path, data_root: str | Path | None,
+           source_card: dict[str, Any], measured: dict[str, Any], default: bool, description: str, notes: str,
+           recipe: str, storage: str) -> Path:
+    from . import create_model, save_checkpoint
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # The record (crop, refinement) and the architecture are written from the weights by save_checkpoint.
-    card = {k: v for k, v in source.card.items() if k not in ("figures", "parameters", "macs", "config", "crop", "refine")}
+    card = {k: v for k, v in source_card.items() if k not in ("figures", "parameters", "macs", "config", "crop", "refine")}
     card.update(measured)
+    card["storage"] = storage
     card.update(name=name, description=description or card.get("description", ""), default=default)
     if notes:
         card["notes"] = notes
@@ -169,4 +187,4 @@ def bundle(
             if isinstance(data_, dict) and data_.get("default") and other.stem != name:
                 data_["default"] = False
                 write_text_atomic(other, json.dumps(data_, indent=2, sort_keys=True) + "\n")
-    return save_checkpoint(create_model(checkpoint), folder / f"{name}.safetensors", card)
+    return save_checkpoint(create_model(stored), folder / f"{name}.safetensors", card, storage)

@@ -392,13 +392,21 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         raise CheckpointError(f"checkpoint does not fit the model: {_one_line(exc)}") from None
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | None = None) -> Path:
+STORAGE_DTYPES = ("fp32", "fp16")
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | None = None, storage: str = "fp32") -> Path:
     """Write fan-edge's format: ``path`` (.safetensors) and its card ``.json``, each atomically.
 
     The architecture (``config``) and the crop and refinement of the model's
     weights record (``model.weights``) go into both; the card's other entries
     are ``card`` (the model's own card is not copied: say what is to be kept).
+    ``storage`` fp16 halves the file (floating tensors as float16; they load
+    back as float32): how a zoo model of several million parameters stays a
+    few MB in the repository.
     """
+    if storage not in STORAGE_DTYPES:
+        raise ConfigError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
     from safetensors.torch import save_file
 
     out = Path(path)
@@ -408,6 +416,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | N
     weights: Weights = getattr(model, "weights", None) or UNTRAINED
     preprocessing = weights.preprocessing()
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if storage == "fp16":
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     metadata = {CONFIG_METADATA_KEY: config.to_json(), WEIGHTS_METADATA_KEY: json.dumps(preprocessing, sort_keys=True),
                 "fan_edge_version": __version__}
     with atomic_path(out) as tmp:
