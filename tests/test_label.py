@@ -273,6 +273,17 @@ def test_thresholds_drop_faces_and_write_no_pts(job) -> None:
     assert all(r["reason"] == "disagreement" and r["disagreement"] > 5.0 for r in _records(spec.out))
 
 
+def test_the_default_teacher_is_recorded_by_its_zoo_name(job) -> None:
+    """``--teacher default`` labels under the zoo name it stands for: the alias moves when a new default is bundled."""
+    from fan_edge.models import DEFAULT_NAME
+
+    spec = job(teachers=("default",), max_images=1)
+    label_folder(spec, progress=False)
+    assert json.loads((spec.out / "label.json").read_text())["teachers"] == [DEFAULT_NAME] != ["default"]
+    assert all(set(r["teachers"]) == {DEFAULT_NAME} for r in _records(spec.out))
+    label_folder(job(teachers=(DEFAULT_NAME,), max_images=1), progress=False)  # the same job by its name: resumes
+
+
 def test_a_fan_and_a_dlib_teacher_together(job, mean_shape_predictor) -> None:
     """A FAN checkpoint and a dlib .dat side by side: both in each record, their consensus in the .pts."""
     spec = job(teachers=(job().teachers[0], str(mean_shape_predictor[0])), max_images=2)

@@ -22,6 +22,7 @@ rather than mixing two kinds of labels in one folder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -302,6 +303,20 @@ def _check_spec(spec: LabelSpec) -> None:
         raise DataError(f"--out {spec.out}: exists and is not a folder")
 
 
+def named_default(spec: LabelSpec) -> LabelSpec:
+    """``spec`` with the teacher ``default`` named as the zoo model it is now.
+
+    The alias moves when a new default is bundled; the labels' settings, records and the cards of models trained on
+    them must keep saying which model labelled them, and a job resumed after the default changed must be refused
+    (its settings differ) rather than mix two teachers' labels under one name.
+    """
+    if "default" not in spec.teachers:
+        return spec
+    from ..models import DEFAULT_NAME
+
+    return dataclasses.replace(spec, teachers=tuple(DEFAULT_NAME if t == "default" else t for t in spec.teachers))
+
+
 def _scope(spec: LabelSpec, boxes: dict[str, np.ndarray] | None) -> list[str]:
     """Images of the job, sorted: every image under DIR (or those the boxes file names), the first ``max_images``."""
     images = [item.image.relative_to(spec.source).as_posix() for item in scan_folder(spec.source, require_points=False)]
@@ -368,6 +383,7 @@ def label_folder(
     calling this needs the usual ``if __name__ == "__main__":`` guard.
     """
     _check_spec(spec)
+    spec = named_default(spec)
     boxes = read_boxes_file(spec.boxes) if spec.boxes is not None else None
     scope = _scope(spec, boxes)
     settings = _settings(spec)
