@@ -116,3 +116,23 @@ def test_the_export_follows_and_records_its_recipe(tiny_checkpoint, synthetic_fa
                and inits[n.input[0]].dtype.name == "int8" and inits[n.input[0]].ndim == 4]
     assert weights and all(inits[n.input[1]].ndim == 0 for n in weights)  # one scale per tensor
     assert max(int(abs(inits[n.input[0]].astype(int)).max()) for n in weights) > 64  # full 8-bit range, unchecked
+
+
+def test_the_calibration_count_is_the_options_else_the_cards_measured_one(tiny_checkpoint, synthetic_faces, tmp_path):
+    """A model whose int8 needed more calibration faces to pass says so in its card (``export.calib_faces``); an
+    export without --calib-faces follows it, one with it follows the option, and a card's nonsense is the default."""
+    from fan_edge.export.int8 import DEFAULT_CALIB_FACES, card_calib_faces
+    from fan_edge.models import create_model, save_checkpoint
+
+    card = {"export": {"calib_faces": 5}}
+    assert Int8Recipe().with_card(card).calib_faces == 5
+    assert Int8Recipe(calib_faces=3).with_card(card).calib_faces == 3
+    assert Int8Recipe().with_card({}).calib_faces == DEFAULT_CALIB_FACES
+    for nonsense in (0, -1, True, "256", 10**9, None):
+        assert card_calib_faces({"export": {"calib_faces": nonsense}}) == DEFAULT_CALIB_FACES
+    assert Int8Recipe().record("tflite")["calib_faces"] == DEFAULT_CALIB_FACES  # never recorded as undecided
+
+    hinted = save_checkpoint(create_model(str(tiny_checkpoint)), tmp_path / "hinted.safetensors", card)
+    (result,) = export_model(str(hinted), "onnx", "int8", int8=Int8Recipe(calib=Path(synthetic_faces)), verify=False,
+                             output=tmp_path / "h.onnx")
+    assert result.contract.extra["int8"]["calib_faces"] == 5

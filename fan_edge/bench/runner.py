@@ -69,7 +69,7 @@ class BenchOptions:
     data: Path | None = None
     calib: Path | None = None
     verify: Path | None = None  # faces each export's parity check is scored on (None: data, else calib)
-    calib_faces: int = 128
+    calib_faces: int | None = None  # None: each model card's measured count, else 128 (Int8Recipe.with_card)
     faces: int | None = None  # None: every face of --data
     threads: int = 2
     runs: int = 100  # timed runs per row, over all rounds

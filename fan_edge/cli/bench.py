@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib", metavar="DIR", help="int8 calibration faces (default: "
                         f"{'/'.join(('..', 'shared', 'data', *DEFAULT_CALIB))} beside the checkout or the current folder if "
                         "present, else --data)")
-    parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="faces used for int8 calibration (default 128)")
+    parser.add_argument("--calib-faces", type=int, default=None, metavar="N", help="faces used for int8 calibration (default: each model card's measured count, else 128)")
     parser.add_argument("--threads", type=threads_arg, default=2,
                         help=f"intra-op threads of every runtime (1..{MAX_THREADS}; default 2)")
     parser.add_argument("--runs", type=int, default=100, help="timed runs per row, over all rounds (default 100)")

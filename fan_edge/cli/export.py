@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(parser, positional=False)
     parser.add_argument("--precision", default="fp32", metavar="{fp32,fp16,int8}", help="default fp32; a comma list exports several")
     parser.add_argument("--calib", metavar="DIR", help="calibration faces (images with .pts) for int8; also the default --verify folder")
-    parser.add_argument("--calib-faces", type=int, default=128, metavar="N", help="faces used for int8 calibration, spread over the folder (default 128)")
+    parser.add_argument("--calib-faces", type=int, default=None, metavar="N", help="faces used for int8 calibration, spread over the folder (default: the model card's measured count, else 128)")
     parser.add_argument("--input-size", type=input_size_arg, metavar="N",
                         help=f"override the model's input resolution (up to {MAX_INPUT_SIZE})")
     parser.add_argument("--outputs", choices=("heatmaps", "landmarks"), default="heatmaps",

@@ -359,6 +359,7 @@ def _export_all(net: Any, name: str, card: dict[str, Any], combos: list[tuple[Ta
     staged beside it, the staged pair verified, and the pair committed as one unit (never a verification of
     files that another run may have replaced since)."""
     cfg = net.config
+    int8 = int8.with_card(card)
     calibration = None
     if int8.calib is not None and any(p == "int8" and t.int8_needs_calibration for t, p in combos):
         if on_terminal():  # before the first "exporting" line: see export_model

@@ -101,7 +101,8 @@ class Int8Recipe:
     - ``per_channel``: weights int8 per output channel (True) or per tensor, on every target.
     - ``method``: how activation ranges are estimated (:data:`METHODS`).
     - ``calib`` / ``calib_faces``: the calibration faces (a folder of images with .pts) and how many, spread over
-      the folder (:func:`fan_edge.calibration.calibration_faces`). Core ML quantizes weights only and needs none.
+      the folder (:func:`fan_edge.calibration.calibration_faces`); ``calib_faces`` None: what the model card
+      measured (``export.calib_faces``), else :data:`DEFAULT_CALIB_FACES` (:meth:`with_card` decides). Core ML quantizes weights only and needs none.
     - ``keep_float``: PyTorch module-name patterns whose layers stay float, replacing :data:`FLOAT_LAYERS`
       (None: the target's own, measured list).
     - ``vnni_safe`` (ONNX, 8-bit activations): weights in 7 bits, so that x86 CPUs without VNNI never saturate
@@ -116,7 +117,7 @@ class Int8Recipe:
     per_channel: bool = True
     method: str = "mean_minmax"
     calib: str | None = None
-    calib_faces: int = DEFAULT_CALIB_FACES
+    calib_faces: int | None = None
     keep_float: tuple[str, ...] | None = None
     vnni_safe: bool = True
 
@@ -130,7 +131,7 @@ class Int8Recipe:
         if self.method not in METHODS:
             raise ExportError(f"unknown int8 calibration method {self.method!r}; expected one of: {', '.join(METHODS)}")
         n = self.calib_faces
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CALIB_FACES:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CALIB_FACES):
             raise ExportError(f"calibration faces must be an integer from 1 to {MAX_CALIB_FACES}, got {n!r}")
         if self.calib is not None:
             if not isinstance(self.calib, (str, Path)) or not str(self.calib):
@@ -152,7 +153,7 @@ class Int8Recipe:
         cls,
         *,
         calib: str | Path | None = None,
-        calib_faces: int = DEFAULT_CALIB_FACES,
+        calib_faces: int | None = None,
         int8_float: Sequence[str] | None = None,
         int8_activations: int | None = None,
     ) -> Int8Recipe:
@@ -166,6 +167,13 @@ class Int8Recipe:
             raise ExportError("16-bit activations (W8A16) are an ONNX int8 option: --target onnx --precision int8")
         if precision == "int8" and needs_calibration and self.calib is None:
             raise ExportError("int8 needs calibration faces: pass --calib DIR (images with .pts)")
+
+    def with_card(self, card: dict[str, Any] | None) -> Int8Recipe:
+        """This recipe with its calibration count decided: the options', else the model card's measured one
+        (``export.calib_faces``: a model whose int8 needed more faces to pass), else :data:`DEFAULT_CALIB_FACES`."""
+        if self.calib_faces is not None:
+            return self
+        return replace(self, calib_faces=card_calib_faces(card or {}))
 
     def for_target(self, target: str, card: dict[str, Any] | None = None, family: str = "cpu") -> Int8Recipe:
         """This recipe for one target, every choice made: the activation bits the options gave, else the model
@@ -190,12 +198,20 @@ class Int8Recipe:
             "per_channel": self.per_channel,
             "method": self.method,
             "calib": Path(self.calib).name if self.calib else None,
-            "calib_faces": self.calib_faces,
+            "calib_faces": self.calib_faces if self.calib_faces is not None else DEFAULT_CALIB_FACES,
             "keep_float": list(self.float_layers(target)),
         }
         if target in W8A16_TARGETS:
             entry["vnni_safe"] = self.vnni_safe
         return entry
+
+
+def card_calib_faces(card: dict[str, Any]) -> int:
+    """The calibration count a model card prescribes (``export.calib_faces``), else :data:`DEFAULT_CALIB_FACES`."""
+    export = card.get("export") if isinstance(card, dict) else None
+    count = export.get("calib_faces") if isinstance(export, dict) else None
+    valid = isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= MAX_CALIB_FACES
+    return count if valid else DEFAULT_CALIB_FACES
 
 
 def card_activation_bits(card: dict[str, Any], family: str) -> int:
