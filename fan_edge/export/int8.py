@@ -102,7 +102,8 @@ class Int8Recipe:
     - ``method``: how activation ranges are estimated (:data:`METHODS`).
     - ``calib`` / ``calib_faces``: the calibration faces (a folder of images with .pts) and how many, spread over
       the folder (:func:`fan_edge.calibration.calibration_faces`); ``calib_faces`` None: what the model card
-      measured (``export.calib_faces``), else :data:`DEFAULT_CALIB_FACES` (:meth:`with_card` decides). Core ML quantizes weights only and needs none.
+      measured (``export.calib_faces``), else :data:`DEFAULT_CALIB_FACES` (:meth:`with_card` decides). Core ML
+      quantizes weights only and needs none.
     - ``keep_float``: PyTorch module-name patterns whose layers stay float, replacing :data:`FLOAT_LAYERS`
       (None: the target's own, measured list).
     - ``vnni_safe`` (ONNX, 8-bit activations): weights in 7 bits, so that x86 CPUs without VNNI never saturate
