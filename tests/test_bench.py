@@ -155,6 +155,25 @@ def test_run_bench_rows_cache_and_isolation(tiny_checkpoint, synthetic_faces, tm
     assert again[0].status == "passed" and again[0].nme_io is None and again[0].speedup is None
 
 
+def test_the_int8_cache_follows_the_cards_calibration_count(tiny_checkpoint, synthetic_faces, tmp_path):
+    """Without --calib-faces a row calibrates on the count its model card measured (export.calib_faces), and that
+    count keys the cache: the same weights under a card asking for another count are exported again."""
+    from fan_edge.models import create_model, save_checkpoint
+    from fan_edge.runtime.contract import read_sidecar
+
+    model = create_model(str(tiny_checkpoint))
+    messages: list[str] = []
+    for count in (3, 5):
+        ckpt = save_checkpoint(model, tmp_path / "hinted.safetensors", {"export": {"calib_faces": count}})
+        options = BenchOptions(models=[str(ckpt)], targets=parse_targets("onnxruntime:int8"), calib=synthetic_faces,
+                               out=tmp_path / "artifacts", verify_export=False, **FAST)
+        messages.clear()
+        (row,) = run_bench(options, log=messages.append)
+        assert row.status == Status.PASSED, row.error
+        assert read_sidecar(row.path).extra["int8"]["calib_faces"] == count
+        assert not any("reusing" in m for m in messages)
+
+
 def test_runs_split_over_rounds():
     assert round_runs(10, 3) == [4, 3, 3]
     assert round_runs(100, 5) == [20] * 5

@@ -371,7 +371,8 @@ def _export_key(digest: str, target: BenchTarget, options: BenchOptions, int8: A
 
 
 def export_artifacts(
-    model: str, name: str, digest: str, targets: Sequence[BenchTarget], options: BenchOptions, log: Log
+    model: str, name: str, digest: str, targets: Sequence[BenchTarget], options: BenchOptions, log: Log,
+    card: dict[str, Any] | None = None,
 ) -> dict[BenchTarget, Path | BaseException]:
     """Each target's artifact path, or the exception that stopped its export.
 
@@ -385,7 +386,9 @@ def export_artifacts(
 
     out = options.out.resolve()
     cache = ArtifactCache(out)
-    int8 = Int8Recipe(calib=options.calib, calib_faces=options.calib_faces)  # one int8 recipe for every row
+    # One int8 recipe for every row, its calibration count decided (the option's, else the model card's) before it
+    # keys the cache: a card whose count changed must not reuse an artifact calibrated on the old one.
+    int8 = Int8Recipe(calib=options.calib, calib_faces=options.calib_faces).with_card(card)
     verify = parity_faces(options)
     from ..export.devices import resolve_device
 
@@ -604,7 +607,7 @@ def bench_model(
     from ..export.exporter import resolve_model
 
     try:
-        net, name, _ = resolve_model(model, trust=options.trust)
+        net, name, card = resolve_model(model, trust=options.trust)
     except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its rows, not the others'
         return [new_row(model, t).fail(_reason(exc)) for t in options.targets]
 
@@ -622,7 +625,7 @@ def bench_model(
             rows[t] = new_row(name, t).fail(absent, Status.DEVICE_ABSENT)
         else:
             exportable.append(t)
-    artifacts = export_artifacts(model, name, weights_digest(net), exportable, options, log) if exportable else {}
+    artifacts = export_artifacts(model, name, weights_digest(net), exportable, options, log, card) if exportable else {}
     for t in options.targets:
         if t in rows:
             continue
