@@ -77,9 +77,10 @@ def add_bundle(sub: Any) -> None:
     p.add_argument("--data-root", metavar="DIR", help="absolute data paths in the card are written relative to this "
                    "(default: the folder above --data); the card holds no absolute path")
     p.add_argument("--default", action="store_true", help="make it the default model of that folder")
-    p.add_argument("--storage", default="fp32", metavar="{fp32,fp16}",
-                   help="how the weights are stored: fp16 halves the file (they load as fp32; the card's figures are "
-                   "measured on the rounded weights); default: fp32")
+    p.add_argument("--storage", default="fp32", metavar="{fp32,fp16,int8}",
+                   help="how the weights are stored: fp16 halves the file, int8 quarters it (convolution kernels as "
+                   "int8 with per-channel scales); either loads as fp32, and the card's figures are measured on the "
+                   "stored weights; default: fp32")
     p.add_argument("--description", default="")
     p.add_argument("--notes", default="", help="anything the recipe alone does not say (e.g. a schedule changed mid-run)")
     p.add_argument("--recipe", default="", help="the command(s) that reproduce it from scratch, when the checkpoint's own "

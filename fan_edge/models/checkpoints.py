@@ -47,6 +47,7 @@ from ..limits import MAX_PARAMETERS
 from .config import FANConfig
 from .pretrained import CONFIG_METADATA_KEY, UNTRAINED, WEIGHTS_METADATA_KEY, Weights, card_preprocessing, split_config
 from .safe_load import RefusedPickle, check_zip_archive, meta_tensors, read_safetensors, read_safetensors_header, torch_load
+from .storage import STORAGE_DTYPES, decode, encode, is_scale
 
 # MAX_PARAMETERS (fan_edge.limits, re-exported here): a file implying more (e.g. a tiny file whose tensors are
 # zero-stride views with huge shapes) is refused before a network of that size is allocated.
@@ -279,11 +280,11 @@ def _read_safetensors(path: Path) -> Checkpoint:
         # Against the header's shapes (meta tensors, no data): a config that the weights do not fill is refused
         # before a byte of them is read.
         try:
-            shapes = meta_tensors(entries)
+            shapes = meta_tensors({k: v for k, v in entries.items() if not is_scale(k)})
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: malformed tensor shapes ({_one_line(exc)})") from None
         check_fits(config, shapes, str(path))
-    return Checkpoint(read_safetensors(path, entries, start), config, card, str(path), weights)
+    return Checkpoint(decode(read_safetensors(path, entries, start), str(path)), config, card, str(path), weights)
 
 
 def _config_from(data: Any) -> tuple[FANConfig, dict[str, Any] | None]:
@@ -392,18 +393,16 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
         raise CheckpointError(f"checkpoint does not fit the model: {_one_line(exc)}") from None
 
 
-STORAGE_DTYPES = ("fp32", "fp16")
-
-
 def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | None = None, storage: str = "fp32") -> Path:
     """Write fan-edge's format: ``path`` (.safetensors) and its card ``.json``, each atomically.
 
     The architecture (``config``) and the crop and refinement of the model's
     weights record (``model.weights``) go into both; the card's other entries
     are ``card`` (the model's own card is not copied: say what is to be kept).
-    ``storage`` fp16 halves the file (floating tensors as float16; they load
-    back as float32): how a zoo model of several million parameters stays a
-    few MB in the repository.
+    ``storage`` fp16 halves the file, int8 quarters it (convolution kernels
+    as int8 with per-channel scales; :mod:`fan_edge.models.storage`); either
+    loads back as float32: how a zoo model of several million parameters
+    stays a few MB in the repository.
     """
     if storage not in STORAGE_DTYPES:
         raise ConfigError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
@@ -416,8 +415,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | N
     weights: Weights = getattr(model, "weights", None) or UNTRAINED
     preprocessing = weights.preprocessing()
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if storage == "fp16":
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    state = encode(state, storage)
     metadata = {CONFIG_METADATA_KEY: config.to_json(), WEIGHTS_METADATA_KEY: json.dumps(preprocessing, sort_keys=True),
                 "fan_edge_version": __version__}
     with atomic_path(out) as tmp:

@@ -13,6 +13,7 @@ from typing import Any
 from .complexity import entry_complexity
 from .config import FANConfig
 from .pretrained import CONFIG_METADATA_KEY, WEIGHTS_METADATA_KEY, Weights, split_config
+from .storage import network_keys
 
 
 def fan_edge_file_summary(path: str) -> tuple[FANConfig, Weights] | None:
@@ -34,7 +35,7 @@ def fan_edge_file_summary(path: str) -> tuple[FANConfig, Weights] | None:
             metadata = f.metadata() or {}
             if CONFIG_METADATA_KEY not in metadata or WEIGHTS_METADATA_KEY not in metadata:
                 return None
-            values = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+            values = sum(math.prod(f.get_slice(k).get_shape()) for k in network_keys(f.keys()))
         config, _ = split_config(json.loads(metadata[CONFIG_METADATA_KEY]))
         weights = Weights.from_preprocessing(json.loads(metadata[WEIGHTS_METADATA_KEY]), file=path)
     except Exception:  # noqa: BLE001 - anything unexpected: the full, checked reader reports it in one line
