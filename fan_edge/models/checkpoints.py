@@ -47,7 +47,7 @@ from ..limits import MAX_PARAMETERS
 from .config import FANConfig
 from .pretrained import CONFIG_METADATA_KEY, UNTRAINED, WEIGHTS_METADATA_KEY, Weights, card_preprocessing, split_config
 from .safe_load import RefusedPickle, check_zip_archive, meta_tensors, read_safetensors, read_safetensors_header, torch_load
-from .storage import STORAGE_DTYPES, decode, encode, is_scale
+from .storage import decode, encode, is_scale
 
 # MAX_PARAMETERS (fan_edge.limits, re-exported here): a file implying more (e.g. a tiny file whose tensors are
 # zero-stride views with huge shapes) is refused before a network of that size is allocated.
@@ -404,8 +404,6 @@ def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | N
     loads back as float32: how a zoo model of several million parameters
     stays a few MB in the repository.
     """
-    if storage not in STORAGE_DTYPES:
-        raise ConfigError(f"storage must be one of {', '.join(STORAGE_DTYPES)}, got {storage!r}")
     from safetensors.torch import save_file
 
     out = Path(path)
@@ -414,8 +412,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, card: dict[str, Any] | N
     config: FANConfig = model.config  # type: ignore[assignment]
     weights: Weights = getattr(model, "weights", None) or UNTRAINED
     preprocessing = weights.preprocessing()
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    state = encode(state, storage)
+    state = encode({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, storage)
     metadata = {CONFIG_METADATA_KEY: config.to_json(), WEIGHTS_METADATA_KEY: json.dumps(preprocessing, sort_keys=True),
                 "fan_edge_version": __version__}
     with atomic_path(out) as tmp:
