@@ -345,7 +345,8 @@ def test_refusals_are_one_line(job, capsys, tmp_path: Path) -> None:
     (spec.source / "face9.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (tmp_path / "nine.json").write_text(json.dumps({"face9.png": [[1, 2, 3, 4]]}))
     nine = ["label", src, "--teacher", ckpt, "--out", str(tmp_path / "o9"), "--boxes", str(tmp_path / "nine.json"), "--no-progress"]
-    assert "face9.png" in _refusal(capsys, nine)
+    refusal = _refusal(capsys, nine)
+    assert "face9.png" in refusal and "--skip-unreadable" in refusal  # the way on is named
     assert main([*nine, "--skip-unreadable", "--workers", "1"]) == 0  # recorded and counted instead
     assert "1 unreadable" in capsys.readouterr().out
 

@@ -66,7 +66,8 @@ def spec_arguments(parser: argparse.ArgumentParser, distill: bool, defaults: Map
             action = parser.add_argument(flag, default=None, metavar="CKPT",
                                          help=helps.get(f.name, "start from this checkpoint's or zoo model's weights (any input "
                                                         "size; extra stacks copy its last stack; a narrower checkpoint is "
-                                                        "widened, starting at its own heatmaps)"))
+                                                        "widened, starting at its own heatmaps; a deeper hourglass loses "
+                                                        "its innermost levels)"))
         else:
             original = getattr(base, f.name)
             kind = type(original) if original is not None else (int if f.name == "input_size" else float if f.name in (

@@ -176,12 +176,13 @@ def resolve_model(model: Any, trust: bool = False, input_size: int | None = None
     """The FAN to export, a name for files and metadata, and its model card."""
     from ..models import DEFAULT_NAME, FAN, create_model, get_entry
     from ..models.factory import is_checkpoint_path
+    from ..models.registry import architecture_name
 
     if isinstance(model, FAN):
         if input_size is not None and input_size != model.config.input_size:
             raise ExportError("input_size cannot change an already built model; pass a name or a checkpoint path")
         cfg = model.config
-        name = getattr(model, "name", None) or f"fan{cfg.stacks}-w{cfg.width}-i{cfg.input_size}"
+        name = getattr(model, "name", None) or architecture_name(cfg)
         return model.eval(), name, dict(getattr(model, "card", {}) or {})
     text = str(model)
     net = create_model(text, trust=trust, input_size=input_size)

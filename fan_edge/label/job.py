@@ -393,7 +393,10 @@ def label_folder(
     todo = [name for name in scope if name not in done]
     if not spec.skip_unreadable:
         for name in todo:  # headers only: a bad file is found now, not hours in
-            check_image_file(spec.source / name)
+            try:
+                check_image_file(spec.source / name)
+            except DataError as exc:
+                raise DataError(f"{exc} (--skip-unreadable records such images and labels the rest)") from None
     if boxes is None:  # dlib present, a valid scan size: refused now rather than in every worker
         from ..runtime.detect import DlibHogDetector
 
@@ -431,7 +434,7 @@ def label_folder(
                 if result.error is not None:
                     raise DataError(result.error)
                 if result.unreadable is not None and not spec.skip_unreadable:
-                    raise DataError(result.unreadable)
+                    raise DataError(f"{result.unreadable} (--skip-unreadable records such images and labels the rest)")
                 records, labels = judge_image(result, spec)
                 _write_kept(spec, records, labels)
                 ledger.append(records)

@@ -56,9 +56,11 @@ class FANConfig:
         if self.width % 16:
             raise ConfigError(f"width must be a multiple of 16 between 32 and {MAX_WIDTH}, got {self.width}")
         if self.input_size % (4 * 2**self.hourglass_depth):
+            shallower = (f"; depth {self.hourglass_depth - 1} (-d{self.hourglass_depth - 1} in a name) takes multiples "
+                         f"of {2 * 2**self.hourglass_depth}") if self.hourglass_depth > 1 else ""
             raise ConfigError(
                 f"input_size must be a multiple of {4 * 2**self.hourglass_depth} "
-                f"(hourglass depth {self.hourglass_depth}), got {self.input_size}"
+                f"(hourglass depth {self.hourglass_depth}{shallower}), got {self.input_size}"
             )
         if self.head_stride not in (2, 4) or isinstance(self.head_stride, bool):
             raise ConfigError(f"head_stride must be 4 (FAN's heatmaps) or 2 (a fine head), got {self.head_stride!r}")

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 WEIGHTS_PACKAGE = "fan_edge.models.weights"
 # A card larger than this is not a model card (one holds a recipe, figures, a pruning map: tens of kB).
 MAX_CARD_BYTES = 1 << 20
-# A registry architecture name, fan{stacks}[-w{width}][-i{input}] (fan4, fan2-w128, fan1-w64-i128).
-ARCHITECTURE_NAME = re.compile(r"^fan(?P<stacks>\d)(?:-w(?P<width>\d+))?(?:-i(?P<input>\d+))?(?:-s(?P<stride>[24]))?$")
+# A registry architecture name, fan{stacks}[-w{width}][-i{input}][-d{depth}][-s{2|4}] (fan4, fan2-w128, fan1-w64-i96-d3).
+ARCHITECTURE_NAME = re.compile(
+    r"^fan(?P<stacks>\d)(?:-w(?P<width>\d+))?(?:-i(?P<input>\d+))?(?:-d(?P<depth>\d))?(?:-s(?P<stride>[24]))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,11 @@ class ModelEntry:
 
 
 def config_from_name(name: str) -> FANConfig:
-    """Parse ``fan{stacks}[-w{width}][-i{input}][-s{2|4}]`` into a config (``-s2``: fine heads, models/fine_head.py)."""
+    """Parse ``fan{stacks}[-w{width}][-i{input}][-d{depth}][-s{2|4}]`` into a config.
+
+    ``-d``: hourglass depth (4 as released; 3 admits inputs that are multiples of 32, e.g. 96 px); ``-s2``: fine
+    heads (models/fine_head.py).
+    """
     match = ARCHITECTURE_NAME.fullmatch(name)
     if not match:
         raise ConfigError(f"unknown model name {name!r}; expected e.g. fan4, fan2-w128, fan1-w64-i128, or one of: {', '.join(list_models())}")
@@ -89,8 +95,16 @@ def config_from_name(name: str) -> FANConfig:
         stacks=int(match["stacks"]),
         width=int(match["width"] or 256),
         input_size=int(match["input"] or 256),
+        hourglass_depth=int(match["depth"] or 4),
         head_stride=int(match["stride"] or 4),
     )
+
+
+def architecture_name(config: FANConfig) -> str:
+    """The registry name of ``config``'s uniform architecture (the inverse of :func:`config_from_name`)."""
+    return (f"fan{config.stacks}-w{config.width}-i{config.input_size}"
+            + (f"-d{config.hourglass_depth}" if config.hourglass_depth != 4 else "")
+            + ("-s2" if config.head_stride == 2 else ""))
 
 
 _VARIANTS = [

@@ -18,7 +18,7 @@ from ..limits import MAX_BATCH_SIZE, MAX_INPUT_SIZE, MAX_WORKERS, check_batch, c
 @dataclass
 class TrainSpec:
     model: str = "default"
-    init: str | None = None  # start from this checkpoint's weights (extra stacks copy its last one; narrower ones are widened)
+    init: str | None = None  # start from this checkpoint's weights (extra stacks copy its last one; narrower ones are widened, deeper hourglasses made shallower)
     data: list[str] = field(default_factory=list)
     data_weights: list[float] = field(default_factory=list)  # per --data folder: draws of each face per epoch
     max_label_disagreement: float | None = None  # leave out teacher-labelled faces above this NME io %

@@ -8,7 +8,8 @@ stack), so the extra stacks start as copies of the checkpoint's last stack and
 its links; training then lets them specialise. Fewer stacks than the
 checkpoint is the ordinary early-exit truncation of :func:`load_weights`.
 A wider network starts from a narrower one's weights the same way
-(:mod:`.widen`).
+(:mod:`.widen`), and a shallower hourglass from a deeper one's
+(:mod:`.shallower`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..models.checkpoints import STACK_KEY, load_weights, read_checkpoint
 from ..models.factory import trained_weights_file
 from ..models.fan import FAN
 from ..models.fine_head import with_fresh_fine_heads
+from .shallower import shallower_state_dict
 from .widen import widen_state_dict
 
 
@@ -59,12 +61,19 @@ def warm_start(model: FAN, path: str, trust: bool = False) -> FAN:
     """Load ``path``'s weights (a checkpoint or a zoo name) into ``model``, growing or truncating the stacks to fit.
 
     Weights of a narrower network are widened into ``model`` (:mod:`.widen`):
-    it starts with their heatmaps. An untrained ``model`` also takes the crop
+    it starts with their heatmaps. Weights of a deeper hourglass lose their
+    innermost levels (:mod:`.shallower`). An untrained ``model`` also takes the crop
     and refinement those weights were trained with.
     """
     checkpoint = read_checkpoint(trained_weights_file(path), trust=trust)
     state_dict = grow_stacks(checkpoint.state_dict, model.config.stacks)
     narrow = checkpoint.config
+    depth = model.config.hourglass_depth
+    if narrow is not None and narrow.hourglass_depth != depth:
+        if narrow.pruned:
+            raise CheckpointError("cannot change the hourglass depth of a channel-pruned network")
+        state_dict = shallower_state_dict(state_dict, narrow.hourglass_depth, depth)
+        narrow = narrow.replace(hourglass_depth=depth)
     if narrow is not None and narrow.width != model.config.width:
         state_dict = widen_state_dict(state_dict, narrow, model.state_dict(), model.config)
     # Coarse weights start a fine-head network at their own heatmaps (models/fine_head.py).
