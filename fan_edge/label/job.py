@@ -50,6 +50,8 @@ from .quality import CONSENSUS_RULES, Thresholds, consensus, drop_reasons, flip_
 from .teachers import Teacher, load_teacher
 
 SETTINGS = "label.json"
+# Appended to the refusal of an unreadable image, wherever it is found: the way on.
+SKIP_HINT = "(--skip-unreadable records such images and labels the rest)"
 # Worker processes by default: one per core, each with one torch thread. On 2 cores two such processes labelled 7.6
 # faces/s against 4.3 for one process with two torch threads (the detector, dlib's predictor, crops and decoding use
 # one core each), and two torch threads collapse when anything else runs; docs/label.md. At most this many by default
@@ -396,7 +398,7 @@ def label_folder(
             try:
                 check_image_file(spec.source / name)
             except DataError as exc:
-                raise DataError(f"{exc} (--skip-unreadable records such images and labels the rest)") from None
+                raise DataError(f"{exc} {SKIP_HINT}") from None
     if boxes is None:  # dlib present, a valid scan size: refused now rather than in every worker
         from ..runtime.detect import DlibHogDetector
 
@@ -434,7 +436,7 @@ def label_folder(
                 if result.error is not None:
                     raise DataError(result.error)
                 if result.unreadable is not None and not spec.skip_unreadable:
-                    raise DataError(f"{result.unreadable} (--skip-unreadable records such images and labels the rest)")
+                    raise DataError(f"{result.unreadable} {SKIP_HINT}")
                 records, labels = judge_image(result, spec)
                 _write_kept(spec, records, labels)
                 ledger.append(records)
