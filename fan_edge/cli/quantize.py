@@ -95,9 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--sensitivity: activation ranges: mean of per-face extremes (the export recipe) or global min/max")
     helps = {name: f"--qat, default: {value}" for name, value in QAT_TRAIN_DEFAULTS.items()}
     helps["out"] = "output folder (default runs/qat, runs/sensitivity or runs/compression)"
-    # No --autocast: fake quantization simulates int8 from fp32 activations.
+    # No --autocast: fake quantization simulates int8 from fp32 activations. No --ema: QAT fine-tunes briefly from
+    # converged weights, and an average of fake-quantized weights would mix quantizer ranges.
     spec_arguments(parser, distill=False, defaults={**QAT_TRAIN_DEFAULTS, "out": None}, helps=helps,
-                   optional_data=True, skip=("autocast",))  # --sensitivity and --qat check --data; --report reads no faces
+                   optional_data=True, skip=("autocast", "ema"))  # --sensitivity and --qat check --data; --report reads no faces
     parser.set_defaults(handler=cmd_quantize, argv=None)
     return parser
 

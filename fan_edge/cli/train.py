@@ -62,6 +62,11 @@ def spec_arguments(parser: argparse.ArgumentParser, distill: bool, defaults: Map
                                          help="bf16: forward passes in bfloat16 (weights, loss and validation stay fp32): "
                                               "about 1.7x faster on CPUs with AVX-512 BF16 or AMX; refused on others. "
                                               "Can change on resume (docs/zoo.md, Training notes)")
+        elif f.name == "ema":
+            action = parser.add_argument(flag, type=float, default=default, metavar="DECAY",
+                                         help="keep an exponential moving average of the weights (e.g. 0.999: about the last "
+                                              "1,000 steps) and validate and save it; the raw weights' --val figure is logged "
+                                              "beside it as raw_nme_io in the log (default: none)")
         elif f.name == "init":
             action = parser.add_argument(flag, default=None, metavar="CKPT",
                                          help=helps.get(f.name, "start from this checkpoint's or zoo model's weights (any input "

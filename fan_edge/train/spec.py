@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from .ema import check_decay
 from ..limits import MAX_BATCH_SIZE, MAX_INPUT_SIZE, MAX_WORKERS, check_batch, check_int
 
 
@@ -51,6 +52,7 @@ class TrainSpec:
     teacher: str | None = None
     distill_weight: float = 0.5  # share of the loss against the teacher's heatmaps
     seed: int = 0
+    ema: float | None = None  # keep an exponential moving average of the weights with this decay (train/ema.py); it is what is validated and saved
     autocast: str | None = None  # "bf16": forward passes in bfloat16 (train/compute.py); weights and loss stay fp32
     workers: int = 1
     device: str = "auto"
@@ -67,6 +69,7 @@ class TrainSpec:
             check_int("input_size", self.input_size, 1, MAX_INPUT_SIZE)
             check_batch(self.batch_size, self.input_size)
         check_int("workers", self.workers, 0, MAX_WORKERS)
+        check_decay(self.ema)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

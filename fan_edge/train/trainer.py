@@ -29,7 +29,7 @@ from torch import nn
 from ..atomic import atomic_path, check_writable, write_text_atomic
 from ..evaluation import evaluate_model
 from ..files.folders import read_folder
-from ..errors import BoxError, ConfigError
+from ..errors import BoxError, CheckpointError, ConfigError
 from ..limits import check_batch
 from ..progress import progress_bar
 from ..models import create_model, save_checkpoint
@@ -41,6 +41,7 @@ from .distributed import Distributed
 from .losses import LOSSES, stack_weights, stacked_loss
 from .sources import ConcatFaces, build_datasets, epoch_pool
 from .compute import check_autocast, memory_layout, training_forward
+from .ema import WeightAverage, averaged
 from .spec import TrainSpec
 from .warm_start import warm_start
 
@@ -328,13 +329,18 @@ def _announce(out: Path, spec: TrainSpec, recipe: Recipe, model: FAN, dataset: A
         log.info("data %s", source.describe())
 
 
+def validation_due(spec: TrainSpec, epoch: int) -> bool:
+    """Whether the run validates after ``epoch`` (1-based): every ``val_every`` epochs and after the last."""
+    return spec.val is not None and (epoch % spec.val_every == 0 or epoch == spec.epochs)
+
+
 def _validate_epoch(model: FAN, spec: TrainSpec, recipe: Recipe, epoch: int, entry: dict[str, Any], best: dict[str, Any],
                     dataset: Any, history: list[dict[str, Any]], out: Path, device: Any) -> dict[str, Any]:
     """Validate after ``epoch`` (1-based) when due, add the figures to ``entry``, let the recipe keep the best; the best."""
     if not spec.val:
         recipe.keep_best(model, spec, {}, epoch, dataset, history, out)
         return best
-    if epoch % spec.val_every != 0 and epoch != spec.epochs:
+    if not validation_due(spec, epoch):
         return best
     figures = validate(model, spec, device)
     entry.update(figures)
@@ -342,6 +348,38 @@ def _validate_epoch(model: FAN, spec: TrainSpec, recipe: Recipe, epoch: int, ent
         best = dict(figures, epoch=epoch)
         recipe.keep_best(model, spec, figures, epoch, dataset, history, out)
     return best
+
+
+def _validate_averaged(model: FAN, average: WeightAverage | None, spec: TrainSpec, recipe: Recipe, epoch: int,
+                       entry: dict[str, Any], best: dict[str, Any], dataset: Any, history: list[dict[str, Any]], out: Path,
+                       device: Any) -> dict[str, Any]:
+    """:func:`_validate_epoch` on the run's weight average when it keeps one (``--ema``), with the raw weights'
+    NME io beside it in ``entry`` (``raw_nme_io``): each epoch's line shows what the average gained."""
+    if average is not None and validation_due(spec, epoch):
+        entry["raw_nme_io"] = validate(model, spec, device)["nme_io"]
+    with averaged(average, model):
+        return _validate_epoch(model, spec, recipe, epoch, entry, best, dataset, history, out, device)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module,
+                   average: WeightAverage | None) -> None:
+    """One step on ``loss``; the weight average (``--ema``), when the run keeps one, takes in the new weights."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if average is not None:
+        average.update(model)
+
+
+def weight_average(spec: TrainSpec, model: nn.Module, state: dict[str, Any] | None, last_path: Path) -> WeightAverage | None:
+    """The run's average of its weights (``--ema``): new, or as ``last.ckpt`` saved it; None without ``--ema``."""
+    if spec.ema is None:
+        return None
+    if state is None:
+        return WeightAverage(model, spec.ema)
+    if "ema" not in state:
+        raise CheckpointError(f"{last_path}: the run keeps a weight average (--ema) but this checkpoint holds none")
+    return WeightAverage.from_state(model, state["ema"], str(last_path))
 
 
 def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) -> dict[str, Any]:
@@ -382,6 +420,7 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
     if state is not None:
         load_optimizer_state(optimizer, state["optimizer"], last_path)
     weights = stack_weights(model.config.stacks, spec.stack_weights)
+    average = weight_average(spec, model, state, last_path)
     start_epoch, start_batch, best, history = _position(state)
     if dist.is_main:
         _announce(out, spec, recipe, model, dataset, history, dist)
@@ -401,7 +440,7 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
             _save_state(last_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "batch": batch,
                 "best": best, "history": history, "spec": recipe.spec_dict(spec), "config": combined_config(model.config, model.weights),
-                **recipe.extra_state(model),
+                **recipe.extra_state(model), **({"ema": average.state_dict()} if average is not None else {}),
             })
 
     try:
@@ -423,9 +462,7 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
                 images = batch["image"].to(dist.device, non_blocking=True, memory_format=layout)
                 outputs = training_forward(net, images, spec.autocast, dist.device)
                 loss = recipe.loss(spec, outputs, batch, images, teacher, weights, dist.device)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                optimizer_step(optimizer, loss, model, average)
                 losses.append(float(loss.detach()))
                 progress.set_postfix(loss=f"{np.mean(losses[-20:]):.5f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
                 progress.update(1)
@@ -445,7 +482,7 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
             if first == 0:  # a whole epoch in this process: its time is what a card reports
                 entry["seconds"] = round(time.monotonic() - epoch_started, 1)
             if dist.is_main:
-                best = _validate_epoch(model, spec, recipe, epoch + 1, entry, best, dataset, history, out, dist.device)
+                best = _validate_averaged(model, average, spec, recipe, epoch + 1, entry, best, dataset, history, out, dist.device)
             history.append(entry)
             save(epoch + 1, 0)  # the state first: a kill before the line below loses no line (resume writes it)
             last_save = time.monotonic()
@@ -455,7 +492,8 @@ def train(spec: TrainSpec, resume: bool = True, recipe: Recipe | None = None) ->
     finally:
         _restore_handlers(old_handlers)
         dist.close()
-    extra = recipe.finish(model, spec, history, best, dataset, out) if dist.is_main else {}
+    with averaged(average if dist.is_main else None, model):  # what the final checkpoint holds
+        extra = recipe.finish(model, spec, history, best, dataset, out) if dist.is_main else {}
     return {"stopped": False, "epoch": spec.epochs, "best": best, "out": str(out), **extra}
 
 
