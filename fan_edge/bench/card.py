@@ -14,7 +14,7 @@ def measure_card(checkpoint: str | Path, data: str | Path, threads: int = 2) -> 
     """Parameters, MACs, accuracy on ``data`` and CPU latency of a checkpoint."""
     from ..evaluation import evaluate_model
     from .latency import torch_latency
-    from ..runtime.cpu import cpu_name
+    from ..runtime.cpu import cpu_label
     from ..models import count_macs, count_parameters, create_model
 
     model = create_model(checkpoint)
@@ -27,7 +27,7 @@ def measure_card(checkpoint: str | Path, data: str | Path, threads: int = 2) -> 
         torch_cpu_ms_p50=round(latency.p50_ms, 2),
         torch_cpu_ms_p90=round(latency.p90_ms, 2),
         threads=threads,
-        cpu=cpu_name(),
+        cpu=cpu_label(),  # name and int8 instruction sets: latency and int8 kernels differ between them
     )
     return {
         "parameters": count_parameters(model),
